@@ -1,0 +1,64 @@
+# revetl: `make demo` sets up and runs the whole thing; `make test` proves it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REVETL := $(BIN)/revetl
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo up down status test test-unit test-integration lint fmt \
+	typecheck bench clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --progress-bar on -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## venv, Python deps, prerequisite checks, jars (idempotent, cached)
+	$(REVETL) setup
+
+demo: setup ## install, start the stack, show it running
+	$(REVETL) up
+	$(REVETL) status
+
+up: setup ## start the stack (same as `revetl up`)
+	$(REVETL) up
+
+down: ## stop every process the stack started
+	@test -x $(REVETL) && $(REVETL) down || true
+
+status: ## component table (same as `revetl status`)
+	$(REVETL) status
+
+test: setup ## unit and integration tests against the real stack (starts it if needed)
+	$(BIN)/pytest tests
+
+test-unit: $(STAMP) ## unit tests only, no servers needed
+	$(BIN)/pytest tests/unit
+
+test-integration: setup ## integration tests only
+	$(BIN)/pytest tests/integration -m integration
+
+lint: $(STAMP) ## ruff and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: $(STAMP) ## format the code
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP) ## mypy alone
+	$(BIN)/mypy
+
+bench: setup ## stack numbers: up time, idle memory, insert-to-Kafka latency
+	$(BIN)/python bench/stack.py
+
+clean: down ## stop the stack and delete its state (data, logs, jars)
+	rm -rf .revetl

@@ -1,0 +1,1 @@
+"""The native stack: one module per server component, and the `revetl` CLI."""

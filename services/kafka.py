@@ -1,0 +1,129 @@
+"""The Kafka broker: one KRaft node acting as broker and controller."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from string import Template
+
+from confluent_kafka.admin import AdminClient
+
+from services import jars, process
+from services.component import Component
+from services.config import INFRA_DIR
+from services.errors import ConfigurationError
+from services.health import Probe
+
+log = logging.getLogger(__name__)
+
+LOG4J_CONFIG = INFRA_DIR / "kafka" / "log4j2.properties"
+
+
+def java_argv(java: str, heap_mb: int, classpath: str, main: str) -> list[str]:
+    """The JVM command line shared by the broker and the Connect worker."""
+    return [
+        java,
+        f"-Xms{heap_mb}m",
+        f"-Xmx{heap_mb}m",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+        "-cp",
+        classpath,
+        main,
+    ]
+
+
+def admin_client(bootstrap: str) -> AdminClient:
+    """An AdminClient that stays quiet while the broker is still starting."""
+    return AdminClient(
+        {
+            "bootstrap.servers": bootstrap,
+            "socket.timeout.ms": 3000,
+            "log_level": 0,
+        }
+    )
+
+
+class KafkaBroker(Component):
+    name = "kafka"
+    port_setting = "REVETL_KAFKA_PORT"
+
+    @property
+    def external(self) -> bool:
+        return self.settings.kafka_bootstrap is not None
+
+    @property
+    def port(self) -> int:
+        return self.settings.kafka_port
+
+    @property
+    def bootstrap(self) -> str:
+        if self.settings.kafka_bootstrap is not None:
+            return self.settings.kafka_bootstrap
+        return f"{self.settings.bind_host}:{self.settings.kafka_port}"
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap
+
+    def _config_path(self) -> str:
+        return str(self.settings.path("kafka", "server.properties"))
+
+    def spec(self) -> process.ProcessSpec:
+        s = self.settings
+        classpath = str(jars.kafka_jars_dir(s) / "*")
+        argv = java_argv(s.java, s.kafka_heap_mb, classpath, "kafka.Kafka")
+        return process.ProcessSpec(
+            name=self.name,
+            argv=[*argv, self._config_path()],
+            pid_file=s.path("run", "kafka.pid"),
+            log_file=s.path("logs", "kafka.log"),
+            marker=self._config_path(),
+        )
+
+    def prepare(self) -> None:
+        s = self.settings
+        if jars.missing_jars(s):
+            raise ConfigurationError("the Kafka jars are missing: run `make setup`")
+        process.ensure_port_free(
+            s.bind_host, s.kafka_controller_port, "REVETL_KAFKA_CONTROLLER_PORT"
+        )
+        data_dir = s.path("kafka", "data")
+        template = Template((INFRA_DIR / "kafka" / "server.properties").read_text())
+        rendered = template.substitute(
+            host=s.bind_host,
+            port=s.kafka_port,
+            controller_port=s.kafka_controller_port,
+            data_dir=data_dir,
+        )
+        config = s.path("kafka", "server.properties")
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(rendered)
+        if not (data_dir / "meta.properties").exists():
+            self._format_storage(str(config))
+
+    def _format_storage(self, config: str) -> None:
+        s = self.settings
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        classpath = str(jars.kafka_jars_dir(s) / "*")
+        argv = java_argv(s.java, 256, classpath, "kafka.tools.StorageTool")
+        argv += ["format", "-t", cluster_id, "-c", config]
+        process.run_checked(argv, "formatting the Kafka log directory")
+        log.info("formatted component=kafka cluster_id=%s", cluster_id)
+
+    def probe(self) -> Probe:
+        host, _, port = self.bootstrap.split(",")[0].rpartition(":")
+        if not process.tcp_open(host, int(port)):
+            return Probe(ok=False, detail=f"nothing listens on {host}:{port}")
+        try:
+            metadata = admin_client(self.bootstrap).list_topics(timeout=3)
+        except Exception as exc:  # the client raises KafkaException and others
+            return Probe(ok=False, detail=str(exc).splitlines()[0])
+        version = None
+        if not self.external:
+            version = jars.jar_version(jars.kafka_jars_dir(self.settings), "kafka_2.13")
+        detail = f"brokers={len(metadata.brokers)} topics={len(metadata.topics)}"
+        return Probe(ok=bool(metadata.brokers), version=version, detail=detail)
