@@ -65,10 +65,10 @@ class Component(ABC):
 
     def status(self) -> Status:
         if self.external:
-            probe = self.probe()
-            state = classify(external=True, pid=None, had_pid_file=False, probe=probe)
+            answer = self.probe()
+            state = classify(external=True, pid=None, had_pid_file=False, probe=answer)
             return Status(
-                self.name, state, None, self.address, probe.version, probe.detail
+                self.name, state, None, self.address, answer.version, answer.detail
             )
         spec = self.spec()
         pid = process.live_pid(spec)

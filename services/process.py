@@ -18,6 +18,10 @@ from services.errors import ConfigurationError, FatalError
 
 log = logging.getLogger(__name__)
 
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Servers this process started. Kept so that they are reaped here, not warned
+about as 'still running' when a Popen object is garbage-collected."""
+
 
 @dataclass(frozen=True)
 class ProcessSpec:
@@ -128,14 +132,16 @@ def spawn(spec: ProcessSpec) -> int:
             user=spec.user,
             group=_demote(spec.user)[1] if spec.user else None,
         )
+    _children[proc.pid] = proc
     spec.pid_file.write_text(f"{proc.pid}\n")
     log.debug("spawned name=%s pid=%d argv=%s", spec.name, proc.pid, spec.argv[0])
     return proc.pid
 
 
 def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        del _children[pid]
 
 
 def wait_gone(pid: int, marker: str, timeout_s: float) -> bool:

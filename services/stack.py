@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 class Stack:
     """The components, by role. Extra components (the worker) join later."""
 
+    settings: Settings
     source_pg: PostgresCluster
     target_pg: PostgresCluster
     kafka: KafkaBroker
@@ -31,6 +32,7 @@ class Stack:
     @classmethod
     def from_settings(cls, settings: Settings) -> Stack:
         return cls(
+            settings=settings,
             source_pg=PostgresCluster(settings, "source"),
             target_pg=PostgresCluster(settings, "target"),
             kafka=KafkaBroker(settings),
