@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +90,31 @@ class Settings(BaseSettings):
         "up` starts no chDB front.",
     )
 
+    clickhouse_flush_interval_ms: int = Field(
+        default=200,
+        ge=1,
+        le=600_000,
+        description="Longest wait, in ms, before ClickHouse's Kafka tables process a "
+        "partial block. Lower means fresher ranks and more, smaller blocks (each "
+        "block recomputes its users' LTV); ClickHouse's own default is 7,500.",
+    )
+    clickhouse_consumer_group: str = Field(
+        default="revetl-clickhouse",
+        description="Consumer group of ClickHouse's Kafka table on the Debezium "
+        "topics. Renaming it makes ClickHouse read the topics again from the start.",
+    )
+
+    ltv_topic: str = Field(
+        default="revetl.ltv",
+        min_length=1,
+        description="Kafka topic ClickHouse writes one message per touched user to.",
+    )
+    worker_group: str = Field(
+        default="revetl-worker",
+        min_length=1,
+        description="Kafka consumer group of the worker. Renaming it starts from the "
+        "earliest retained offset again (harmless: old versions are ignored).",
+    )
     start_timeout_s: float = Field(
         default=120.0,
         gt=0,
@@ -117,10 +142,21 @@ class Settings(BaseSettings):
         return " ".join(pairs)
 
 
-def load_settings(**overrides: Any) -> Settings:
+S = TypeVar("S", bound=Settings)
+
+
+@overload
+def load_settings(**overrides: Any) -> Settings: ...
+
+
+@overload
+def load_settings(cls: type[S], **overrides: Any) -> S: ...
+
+
+def load_settings(cls: type[Settings] = Settings, **overrides: Any) -> Settings:
     """Read the settings, turning validation errors into one readable error."""
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

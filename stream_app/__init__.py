@@ -1,0 +1,1 @@
+"""The stream worker: LTV changes from Kafka to loyalty ranks in the product DB."""
