@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo up down status test test-unit test-integration lint fmt \
-	typecheck bench clean
+	typecheck bench bench-latency clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -23,9 +23,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## venv, Python deps, prerequisite checks, jars (idempotent, cached)
 	$(REVETL) setup
 
-demo: setup ## install, start the stack, show it running
+demo: setup ## install, start the stack, stream a burst of sales, show ranks changing
 	$(REVETL) up
-	$(REVETL) status
+	$(REVETL) demo
 
 up: setup ## start the stack (same as `revetl up`)
 	$(REVETL) up
@@ -59,6 +59,11 @@ typecheck: $(STAMP) ## mypy alone
 
 bench: setup ## stack numbers: up time, idle memory, insert-to-Kafka latency
 	$(BIN)/python bench/stack.py
+
+RATE ?= 100
+DURATION ?= 30
+bench-latency: ## sale-to-product-DB latency at RATE sales/s for DURATION seconds (stack up)
+	$(BIN)/python bench/latency.py --rate $(RATE) --seconds $(DURATION)
 
 clean: down ## stop the stack and delete its state (data, logs, jars)
 	rm -rf .revetl

@@ -17,23 +17,26 @@ from pathlib import Path
 
 import psycopg
 from confluent_kafka import Consumer
-from psycopg import sql
 
+from connectors import debezium
 from services.config import load_settings
-from services.connect import DEBEZIUM_POSTGRES
+from services.kafka import ensure_topics
 from services.stack import Stack, status
 
 RESULTS = Path(__file__).parent / "results"
+BENCH_WRITE = (
+    "INSERT INTO public.revetl_heartbeat (id, beat_at) VALUES (%s, now()) "
+    "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at"
+)
 
 
 def timed_restart() -> float:
-    subprocess.run(
-        [sys.executable, "-m", "services.cli", "down"], check=True, capture_output=True
-    )
+    revetl = [sys.executable, "-m", "services.cli"]
+    subprocess.run([*revetl, "down"], check=True, capture_output=True)
     began = time.monotonic()
-    subprocess.run(
-        [sys.executable, "-m", "services.cli", "up"], check=True, capture_output=True
-    )
+    result = subprocess.run([*revetl, "up"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"revetl up failed:\n{result.stdout}\n{result.stderr}")
     return time.monotonic() - began
 
 
@@ -57,67 +60,42 @@ def group_rss_mib(pid: int) -> float:
 
 
 def insert_to_event_latency(stack: Stack, count: int) -> list[float]:
-    """Seconds from a committed insert to its Debezium event read from Kafka."""
-    suffix = uuid.uuid4().hex[:8]
-    table, name = f"bench_{suffix}", f"bench-{suffix}"
-    with psycopg.connect(stack.source_pg.dsn(), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("CREATE TABLE {} (id BIGINT PRIMARY KEY)").format(
-                sql.Identifier(table)
-            )
-        )
-        settings = stack.settings
-        stack.connect.request(
-            "PUT",
-            f"/connectors/{name}/config",
-            {
-                "connector.class": DEBEZIUM_POSTGRES,
-                "plugin.name": "pgoutput",
-                "database.hostname": settings.bind_host,
-                "database.port": str(settings.source_pg_port),
-                "database.user": settings.pg_user,
-                "database.password": settings.pg_password.get_secret_value(),
-                "database.dbname": settings.source_pg_database,
-                "topic.prefix": f"bench{suffix}",
-                "table.include.list": f"public.{table}",
-                "slot.name": f"bench_{suffix}",
-                "slot.drop.on.stop": "true",
-                "publication.name": f"bench_{suffix}",
-                "publication.autocreate.mode": "filtered",
-                "snapshot.mode": "no_data",
-                "poll.interval.ms": "20",
-            },
-        )
-        consumer = Consumer(
-            {
-                "bootstrap.servers": stack.kafka.bootstrap,
-                "group.id": name,
-                "auto.offset.reset": "earliest",
-                "topic.metadata.refresh.interval.ms": 200,
-            }
-        )
-        consumer.subscribe([f"bench{suffix}.public.{table}"])
-        try:
-            # The first event creates the topic; it is not timed.
-            latencies = []
-            for i in range(count + 1):
+    """Seconds from a committed source write to its Debezium event read from Kafka.
+
+    Writes go to the heartbeat table, which the pipeline's own connector captures
+    and nothing downstream reads, so the measurement leaves users and sales alone.
+    """
+    topic = debezium.topic_for(debezium.HEARTBEAT_TABLE)
+    ensure_topics(stack.kafka.bootstrap, [topic])
+    consumer = Consumer({
+        "bootstrap.servers": stack.kafka.bootstrap,
+        "group.id": f"bench-{uuid.uuid4().hex[:8]}",
+        "auto.offset.reset": "latest",
+        "fetch.wait.max.ms": 10,
+    })  # fmt: skip
+    consumer.subscribe([topic])
+    latencies = []
+    try:
+        while not consumer.assignment():
+            consumer.poll(0.2)
+        with psycopg.connect(stack.source_pg.dsn(), autocommit=True) as conn:
+            for i in range(count):
                 began = time.monotonic()
-                conn.execute(
-                    sql.SQL("INSERT INTO {} VALUES (%s)").format(sql.Identifier(table)),
-                    (i,),
-                )
-                while True:
-                    msg = consumer.poll(1.0)
-                    if msg is not None and msg.error() is None:
-                        break
-                if i > 0:
-                    latencies.append(time.monotonic() - began)
-        finally:
-            consumer.close()
-            stack.connect.request("DELETE", f"/connectors/{name}")
-            time.sleep(2)
-            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+                conn.execute(BENCH_WRITE, (1000 + i % 10,))
+                _wait_event(consumer, topic, began)
+                latencies.append(time.monotonic() - began)
+            conn.execute("DELETE FROM public.revetl_heartbeat WHERE id >= 1000")
+    finally:
+        consumer.close()
     return latencies
+
+
+def _wait_event(consumer: Consumer, topic: str, began: float) -> None:
+    while time.monotonic() - began < 60:
+        msg = consumer.poll(0.5)
+        if msg is not None and msg.error() is None:
+            return
+    raise SystemExit(f"no event on {topic} within 60 s: is the connector running?")
 
 
 def main() -> int:

@@ -11,16 +11,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 
 from rich.console import Console
 from rich.table import Table
 
+from batch_ltv.reconcile import Report
 from services import jars, process
 from services.component import StartTimeout
 from services.config import Settings, load_settings
 from services.errors import RevetlError
 from services.health import Status
-from services.stack import Stack, StartResult, down, status, up
+from services.stack import Stack, StartResult, down, status
+from services.wiring import bring_up
 
 log = logging.getLogger("revetl")
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
@@ -70,10 +73,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=cmd_status)
     p = sub.add_parser("logs", help="show a component's log")
-    p.add_argument("component", help="e.g. kafka, connect, clickhouse, source-pg")
+    p.add_argument(
+        "component", help="source-pg, target-pg, kafka, clickhouse, connect or worker"
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show")
     p.set_defaults(handler=cmd_logs)
+    p = sub.add_parser(
+        "demo", help="a burst of sales to a few shoppers; watch their ranks change"
+    )
+    p.add_argument("--users", type=int, default=20, help="demo shoppers")
+    p.add_argument("--rate", type=int, default=300, help="sales per second")
+    p.add_argument("--seconds", type=float, default=20.0, help="how long to shop")
+    p.add_argument("--seed", type=int, default=7, help="names and purchases")
+    p.set_defaults(handler=cmd_demo)
+    p = sub.add_parser("worker", help="run the stream worker in the foreground")
+    p.set_defaults(handler=cmd_worker)
+    p = sub.add_parser(
+        "reconcile",
+        help="recompute every LTV and class from the source and compare with "
+        "ClickHouse and the product DB; exit 0 only if all three agree",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the pipeline to drain and agree",
+    )
+    p.add_argument(
+        "--show", type=int, default=20, help="how many differing users to list"
+    )
+    p.set_defaults(handler=cmd_reconcile)
     return parser
 
 
@@ -159,7 +190,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         )
 
     try:
-        up(stack, settings.start_timeout_s, on_ready)
+        bring_up(stack, settings.start_timeout_s, on_ready)
     except StartTimeout as exc:
         err.print(f"[red]error:[/red] {exc}", markup=True)
         for line in exc.log_tail:
@@ -221,6 +252,110 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     if args.follow:
         return _follow(log_file)
     return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from services import demo
+
+    stack = Stack.from_settings(settings)
+    unhealthy = [r.name for r in status(stack) if not r.healthy]
+    if unhealthy:
+        err.print(f"not running: {', '.join(unhealthy)}; start it with `revetl up`")
+        return 1
+    users = demo.ensure_users(stack, args.users, args.seed)
+    out.print(
+        f"{len(users)} shoppers buy {args.rate} times a second for {args.seconds:.0f}"
+        " s; each line is a rank change read back from the product DB "
+        "(lag = source commit to product DB)"
+    )
+    after = demo.last_change_id(stack)
+    changes = 0
+    for item in demo.shop(stack, users, args.rate, args.seconds, args.seed, after):
+        if isinstance(item, int):
+            continue
+        changes += 1
+        old = item.old_class or "-"
+        out.print(
+            f"  {item.name:<28} {old:>2} → {item.new_class or '-':<2} "
+            f"LTV {item.ltv:>12,} ₽   lag {item.lag_s:5.2f} s"
+        )
+    out.print(f"{changes} rank changes; checking the three sides agree…")
+    from batch_ltv.reconcile_io import reconcile
+    from stream_app.config import load_worker_settings
+    from stream_app.ranks import load_rules
+
+    rules = load_rules(load_worker_settings().rank_rules_path)
+    report = reconcile(stack, rules, 120.0, lambda lag, r: None)
+    _print_report(report, 10)
+    return 0 if report.agrees else 1
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from stream_app.app import run_worker
+    from stream_app.config import load_worker_settings
+
+    logging.getLogger().setLevel(logging.INFO)
+    return run_worker(load_worker_settings())
+
+
+def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    from batch_ltv.reconcile_io import Lag, reconcile
+    from stream_app.config import load_worker_settings
+    from stream_app.ranks import load_rules
+
+    worker = load_worker_settings()
+    stack = Stack.from_settings(settings)
+    began = time.monotonic()
+
+    def on_wait(lag: Lag | None, report: Report | None) -> None:
+        if args.json or lag is None:
+            return
+        state = "draining" if not lag.drained else "re-checking differences"
+        err.print(
+            f"waiting ({time.monotonic() - began:.0f} s): {state}; lag clickhouse="
+            f"{lag.clickhouse} worker={lag.worker}"
+        )
+
+    rules = load_rules(worker.rank_rules_path)
+    report = reconcile(stack, rules, args.timeout, on_wait)
+    if args.json:
+        data = {
+            **report.summary(),
+            "differences": [asdict(d) for d in report.differences[: args.show]],
+        }
+        out.print_json(json.dumps(data))
+    else:
+        _print_report(report, args.show)
+    return 0 if report.agrees else 1
+
+
+def _print_report(report: Report, show: int) -> None:
+    verdict = "[green]agree[/green]" if report.agrees else "[red]DISAGREE[/red]"
+    out.print(
+        f"source, ClickHouse and product DB {verdict}: {report.users_checked} users "
+        f"checked; ClickHouse LTV wrong {report.clickhouse_mismatches}, product DB "
+        f"wrong {report.target_mismatches}, missing {report.target_missing}, "
+        f"extra {report.target_extra}",
+        markup=True,
+    )
+    if not report.differences:
+        return
+    table = Table(title=f"first {min(show, len(report.differences))} differences")
+    for column in (
+        "user",
+        "kind",
+        "source LTV",
+        "ClickHouse LTV",
+        "product LTV",
+        "expected class",
+        "product class",
+    ):
+        table.add_column(column)
+    for d in report.differences[:show]:
+        table.add_row(*("" if v is None else str(v) for v in (
+            d.user_id, d.kind, d.source_ltv, d.clickhouse_ltv, d.target_ltv,
+            d.expected_class, d.target_class)))  # fmt: skip
+    out.print(table)
 
 
 def _follow(path: object) -> int:

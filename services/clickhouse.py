@@ -13,7 +13,7 @@ from clickhouse_connect.driver.client import Client
 from services import process
 from services.component import Component
 from services.config import REPO_ROOT
-from services.health import Probe
+from services.health import Probe, first_line
 
 log = logging.getLogger(__name__)
 
@@ -73,5 +73,5 @@ class ClickHouseServer(Component):
             version = str(client.server_version)
             client.close()
         except Exception as exc:  # clickhouse-connect raises several kinds
-            return Probe(ok=False, detail=str(exc).strip().splitlines()[0][:200])
+            return Probe(ok=False, detail=first_line(exc))
         return Probe(ok=True, version=version)

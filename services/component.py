@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 class StartTimeout(RetriableError):
     """A component did not become healthy in time."""
 
-    def __init__(self, name: str, waited_s: float, log_tail: list[str]) -> None:
+    def __init__(
+        self, name: str, waited_s: float, log_tail: list[str], exited: bool
+    ) -> None:
         self.name = name
         self.log_tail = log_tail
+        what = (
+            f"exited while starting (after {waited_s:.1f} s)"
+            if exited
+            else f"did not become healthy within {waited_s:.0f} s"
+        )
         super().__init__(
-            f"{name} did not become healthy within {waited_s:.0f} s; its last log "
-            f"lines follow (all of them: `revetl logs {name}`)"
+            f"{name} {what}; its last log lines follow (all of them: "
+            f"`revetl logs {name}`)"
         )
 
 
@@ -102,18 +109,19 @@ class Component(ABC):
         return True
 
     def wait_healthy(self, timeout_s: float) -> Probe:
-        deadline = time.monotonic() + timeout_s
+        began = time.monotonic()
         spec = None if self.external else self.spec()
-        probe = Probe(ok=False)
-        while time.monotonic() < deadline:
+        exited = False
+        while time.monotonic() - began < timeout_s:
             probe = self.probe()
             if probe.ok:
                 return probe
-            if spec is not None and process.live_pid(spec) is None:
-                break  # it exited: waiting longer cannot help
+            if spec is not None and process.has_exited(spec):
+                exited = True  # waiting longer cannot help
+                break
             time.sleep(0.25)
         log_tail = [] if spec is None else process.tail(spec.log_file, 20)
-        raise StartTimeout(self.name, timeout_s, log_tail)
+        raise StartTimeout(self.name, time.monotonic() - began, log_tail, exited)
 
     def stop(self) -> bool:
         if self.external:

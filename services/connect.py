@@ -13,7 +13,7 @@ from services import jars, process
 from services.component import Component
 from services.config import INFRA_DIR
 from services.errors import ConfigurationError, RetriableError
-from services.health import Probe
+from services.health import Probe, first_line
 from services.kafka import KafkaBroker, java_argv
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class ConnectWorker(Component):
             root = self.request("GET", "/")
             plugins = self.request("GET", "/connector-plugins")
         except (RetriableError, ConnectError) as exc:
-            return Probe(ok=False, detail=str(exc).splitlines()[0])
+            return Probe(ok=False, detail=first_line(exc))
         names = {p.get("class") for p in plugins}
         if DEBEZIUM_POSTGRES not in names:
             return Probe(

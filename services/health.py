@@ -66,3 +66,10 @@ def classify(
     if pid is None:
         return State.DEAD if had_pid_file else State.STOPPED
     return State.HEALTHY if answered else State.STARTING
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """A one-line reason for a failed probe, never empty."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return line[:limit]

@@ -7,13 +7,23 @@ import logging
 import uuid
 from string import Template
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # not re-exported
+    AdminClient,
+    NewTopic,
+    OffsetSpec,
+)
 
 from services import jars, process
 from services.component import Component
 from services.config import INFRA_DIR
 from services.errors import ConfigurationError
-from services.health import Probe
+from services.health import Probe, first_line
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +131,74 @@ class KafkaBroker(Component):
         try:
             metadata = admin_client(self.bootstrap).list_topics(timeout=3)
         except Exception as exc:  # the client raises KafkaException and others
-            return Probe(ok=False, detail=str(exc).splitlines()[0])
+            return Probe(ok=False, detail=first_line(exc))
         version = None
         if not self.external:
             version = jars.jar_version(jars.kafka_jars_dir(self.settings), "kafka_2.13")
         detail = f"brokers={len(metadata.brokers)} topics={len(metadata.topics)}"
         return Probe(ok=bool(metadata.brokers), version=version, detail=detail)
+
+
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int = 1) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = admin_client(bootstrap)
+    existing = set(admin.list_topics(timeout=10).topics)
+    wanted = [t for t in topics if t not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in wanted]
+    )
+    created = []
+    for topic, future in futures.items():
+        try:
+            future.result(timeout=30)
+            created.append(topic)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int]:
+    """Messages not yet committed by a consumer group, per topic.
+
+    Reads committed offsets and high watermarks through the admin API, so it joins
+    no group and disturbs nobody. A partition the group never committed counts
+    from its low watermark.
+    """
+    admin = admin_client(bootstrap)
+    metadata = admin.list_topics(timeout=10)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata.topics
+        for p in metadata.topics[topic].partitions
+    ]
+    if not partitions:
+        return {}
+    request = [ConsumerGroupTopicPartitions(group, partitions)]
+    committed_future = admin.list_consumer_group_offsets(request)[group]
+    committed = {
+        (tp.topic, tp.partition): tp.offset
+        for tp in committed_future.result(timeout=10).topic_partitions
+    }
+    # The stubs leave these factory methods untyped.
+    ends = _offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
+    starts = _offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+    lag: dict[str, int] = {}
+    for key, end in ends.items():
+        offset = committed.get(key, -1)
+        position = offset if offset >= 0 else starts[key]
+        lag[key[0]] = lag.get(key[0], 0) + max(0, end - position)
+    return lag
+
+
+def _offsets(
+    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+) -> dict[tuple[str, int], int]:
+    futures = admin.list_offsets({tp: spec for tp in partitions})
+    return {
+        (tp.topic, tp.partition): future.result(timeout=10).offset
+        for tp, future in futures.items()
+    }

@@ -14,7 +14,7 @@ from services import process
 from services.component import Component
 from services.config import INFRA_DIR, Settings
 from services.errors import ConfigurationError
-from services.health import Probe
+from services.health import Probe, first_line
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class PostgresCluster(Component):
                 row = conn.execute("SHOW server_version").fetchone()
                 wal = conn.execute("SHOW wal_level").fetchone()
         except psycopg.Error as exc:
-            return Probe(ok=False, detail=_first_line(exc))
+            return Probe(ok=False, detail=first_line(exc))
         version = None if row is None else str(row[0]).split()[0]
         detail = "" if wal is None else f"wal_level={wal[0]}"
         return Probe(ok=True, version=version, detail=detail)
@@ -172,8 +172,3 @@ class PostgresCluster(Component):
                     sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database))
                 )
                 log.info("created database=%s component=%s", self.database, self.name)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -138,6 +138,21 @@ def spawn(spec: ProcessSpec) -> int:
     return proc.pid
 
 
+def has_exited(spec: ProcessSpec) -> bool:
+    """True once the process of the pid file is gone for sure.
+
+    Unlike `live_pid`, a momentarily unreadable command line (the JVM launcher
+    re-executing itself, say) does not count as gone.
+    """
+    pid = read_pid(spec.pid_file)
+    if pid is None:
+        return True
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is not None
+    return not Path(f"/proc/{pid}").exists()
+
+
 def _reap(pid: int) -> None:
     child = _children.get(pid)
     if child is not None and child.poll() is not None:

@@ -14,6 +14,7 @@ from services.connect import ConnectWorker
 from services.health import Status
 from services.kafka import KafkaBroker
 from services.postgres import PostgresCluster
+from services.worker import StreamWorker
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Stack:
     kafka: KafkaBroker
     clickhouse: ClickHouseServer
     connect: ConnectWorker
+    worker: StreamWorker
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stack:
@@ -38,13 +40,19 @@ class Stack:
             kafka=KafkaBroker(settings),
             clickhouse=ClickHouseServer(settings),
             connect=ConnectWorker(settings),
+            worker=StreamWorker(settings),
         )
 
     def waves(self) -> list[list[Component]]:
-        """Start order: each wave starts together once the one before is healthy."""
+        """Start order: each wave starts together once the one before is healthy.
+
+        Between waves the pipeline is wired (services.wiring): storage before
+        Connect captures changes, the connector before the worker consumes.
+        """
         return [
             [self.source_pg, self.target_pg, self.kafka, self.clickhouse],
             [self.connect],
+            [self.worker],
         ]
 
     def components(self) -> list[Component]:
@@ -65,22 +73,21 @@ class StartResult:
     seconds: float
 
 
-def up(
-    stack: Stack, timeout_s: float, on_ready: Callable[[StartResult], None]
+def start_wave(
+    wave: list[Component], timeout_s: float, on_ready: Callable[[StartResult], None]
 ) -> list[StartResult]:
-    """Start what is not running, wave by wave, and wait until each is healthy."""
+    """Start the components of one wave together, then wait until each is healthy."""
     results = []
-    for wave in stack.waves():
-        began = time.monotonic()
-        started = {c.name: c.start() for c in wave}
-        for component in wave:
-            component.wait_healthy(timeout_s)
-            component.after_start()
-            result = StartResult(
-                component.status(), started[component.name], time.monotonic() - began
-            )
-            on_ready(result)
-            results.append(result)
+    began = time.monotonic()
+    started = {c.name: c.start() for c in wave}
+    for component in wave:
+        component.wait_healthy(timeout_s)
+        component.after_start()
+        result = StartResult(
+            component.status(), started[component.name], time.monotonic() - began
+        )
+        on_ready(result)
+        results.append(result)
     return results
 
 

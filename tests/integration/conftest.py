@@ -11,7 +11,8 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from services.config import Settings, load_settings
-from services.stack import Stack, down, up
+from services.stack import Stack
+from services.wiring import bring_up
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,14 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings) -> Iterator[Stack]:
-    """The running stack. Started here if it was down, and then stopped at the end."""
+    """The running, wired stack. What this starts, it stops at the end; what was
+    already running is left running."""
     stack = Stack.from_settings(settings)
-    was_up = all(c.status().healthy for c in stack.components())
-    if not was_up:
-        up(stack, START_TIMEOUT_S, lambda result: None)
+    was_down = [c for c in stack.components() if not c.status().healthy]
+    bring_up(stack, START_TIMEOUT_S, lambda result: None)
     yield stack
-    if not was_up:
-        down(stack)
+    for component in reversed(was_down):
+        component.stop()
 
 
 @pytest.fixture

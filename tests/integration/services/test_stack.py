@@ -17,7 +17,8 @@ from psycopg import sql
 from services import process
 from services.config import Settings
 from services.connect import DEBEZIUM_POSTGRES
-from services.stack import Stack, down, status, up
+from services.stack import Stack, down, status
+from services.wiring import bring_up
 
 EVENT_TIMEOUT_S = 90.0
 
@@ -49,7 +50,7 @@ def test_every_component_is_healthy(stack: Stack) -> None:
     rows = status(stack)
 
     assert [r.name for r in rows] == [
-        "source-pg", "target-pg", "kafka", "clickhouse", "connect",
+        "source-pg", "target-pg", "kafka", "clickhouse", "connect", "worker",
     ]  # fmt: skip
     unhealthy = [(r.name, r.state.value, r.detail) for r in rows if not r.healthy]
     assert unhealthy == []
@@ -218,7 +219,7 @@ def test_down_leaves_no_process_and_up_brings_it_back(
 ) -> None:
     down(stack)
     left = our_processes(settings.state_dir)
-    up(stack, 180.0, lambda result: None)
+    bring_up(stack, 180.0, lambda result: None)
 
     assert left == []
     assert all(row.healthy for row in status(stack))

@@ -1,0 +1,1 @@
+"""Batch work beside the stream: reconciliation, seeding and backfills."""

@@ -1,0 +1,1 @@
+"""How changes leave the source: the Debezium connector and the ClickHouse intake."""

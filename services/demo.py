@@ -1,0 +1,119 @@
+"""The demo: a few shoppers buy in a burst while their rank changes stream back."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from faker import Faker
+
+from services.stack import Stack
+
+DEMO_USER_BASE = 8_000_000_000
+"""Demo users get ids from here up, so they never collide with seeded users."""
+
+
+@dataclass(frozen=True)
+class RankChange:
+    user_id: int
+    name: str
+    old_class: str | None
+    new_class: str | None
+    ltv: int
+    lag_s: float
+
+
+def ensure_users(stack: Stack, count: int, seed: int) -> dict[int, str]:
+    """Create the demo shoppers if they are missing; returns id -> name."""
+    fake = Faker("ru_RU")
+    fake.seed_instance(seed)
+    users = {}
+    rows = []
+    for i in range(count):
+        first, last = fake.first_name(), fake.last_name()
+        user_id = DEMO_USER_BASE + i
+        users[user_id] = f"{first} {last}"
+        rows.append((user_id, first, last, fake.email()))
+    with psycopg.connect(stack.source_pg.dsn()) as conn:
+        conn.cursor().executemany(
+            "INSERT INTO public.users (id, first_name, last_name, email) "
+            "VALUES (%s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            rows,
+        )
+    return users
+
+
+def last_change_id(stack: Stack) -> int:
+    with psycopg.connect(stack.target_pg.dsn()) as conn:
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM public.rank_changes")
+        value = row.fetchone()
+    return int(value[0]) if value else 0
+
+
+def shop(
+    stack: Stack,
+    users: dict[int, str],
+    rate: int,
+    seconds: float,
+    seed: int,
+    after_id: int,
+) -> Iterator[RankChange | int]:
+    """Insert sales at `rate` per second; yield rank changes as they land and,
+    every tick, the number of sales sent so far."""
+    rng = random.Random(seed)
+    ids = list(users)
+    sent = 0
+    began = time.monotonic()
+    with (
+        psycopg.connect(stack.source_pg.dsn(), autocommit=True) as source,
+        psycopg.connect(stack.target_pg.dsn(), autocommit=True) as target,
+    ):
+        while time.monotonic() - began < seconds + 5:
+            if time.monotonic() - began < seconds:
+                due = int((time.monotonic() - began) * rate) - sent
+                if due > 0:
+                    batch = [
+                        (rng.choice(ids), rng.randint(1, 150), rng.randint(999, 99_900))
+                        for _ in range(due)
+                    ]
+                    with source.transaction():
+                        source.cursor().executemany(
+                            "INSERT INTO public.sales (user_id, branch, amount) "
+                            "VALUES (%s, %s, %s)",
+                            batch,
+                        )
+                    sent += due
+            for change in _changes_since(target, after_id, users):
+                after_id = max(after_id, change[0])
+                yield change[1]
+            yield sent
+            time.sleep(0.1)
+
+
+def _changes_since(
+    target: psycopg.Connection[tuple[object, ...]], after_id: int, users: dict[int, str]
+) -> list[tuple[int, RankChange]]:
+    rows = target.execute(
+        "SELECT id, user_id, old_class, new_class, ltv, source_committed_at, "
+        "applied_at FROM public.rank_changes WHERE id > %s AND user_id >= %s "
+        "ORDER BY id",
+        (after_id, DEMO_USER_BASE),
+    ).fetchall()
+    changes = []
+    for change_id, user_id, old, new, ltv, committed, applied in rows:
+        assert isinstance(committed, datetime) and isinstance(applied, datetime)
+        user = int(str(user_id))
+        change = RankChange(
+            user_id=user,
+            name=users.get(user, str(user)),
+            old_class=None if old is None else str(old),
+            new_class=None if new is None else str(new),
+            ltv=int(str(ltv)),
+            lag_s=(applied - committed).total_seconds(),
+        )
+        changes.append((int(str(change_id)), change))
+    return changes

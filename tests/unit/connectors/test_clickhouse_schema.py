@@ -1,0 +1,181 @@
+"""The ClickHouse pipeline DDL: rendering, statement splitting, settings validation."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+
+from connectors.clickhouse_schema import (
+    PipelineParams,
+    current_ltv_query,
+    ods_ltv_query,
+    pipeline_files,
+    render_statements,
+    split_statements,
+    validate_params,
+)
+from services.errors import ConfigurationError
+
+DEFAULTS = PipelineParams()
+
+
+def params(**changes: object) -> PipelineParams:
+    return dataclasses.replace(DEFAULTS, **changes)  # type: ignore[arg-type]  # kwargs
+
+
+def joined(statements: list[str]) -> str:
+    return "\n;\n".join(statements)
+
+
+def test_every_statement_is_idempotent_and_filled() -> None:
+    for use_kafka in (True, False):
+        statements = render_statements(DEFAULTS, use_kafka=use_kafka)
+
+        for statement in statements:
+            assert re.match(
+                r"CREATE (DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS ", statement
+            )
+            assert "{{" not in statement
+            assert "}}" not in statement
+            assert not statement.endswith(";")
+
+
+def test_the_plain_variant_has_no_kafka_table() -> None:
+    sql = joined(render_statements(DEFAULTS, use_kafka=False))
+
+    assert "ENGINE = Kafka" not in sql
+    assert "CREATE TABLE IF NOT EXISTS revetl.ltv_changes_out" in sql
+    assert "revetl.cdc_kafka" not in sql
+
+
+def test_the_kafka_variant_has_source_and_sink_and_no_test_table() -> None:
+    sql = joined(render_statements(DEFAULTS, use_kafka=True))
+
+    assert sql.count("ENGINE = Kafka") == 2
+    assert "ltv_changes_out" not in sql
+    assert "kafka_topic_list = 'oltp.public.users,oltp.public.sales'" in sql
+    assert "kafka_topic_list = 'revetl.ltv'" in sql
+    assert "kafka_group_name = 'revetl-clickhouse'" in sql
+    assert "kafka_group_name = 'revetl-clickhouse-ltv-sink'" in sql
+    assert "kafka_broker_list = '127.0.0.1:9092'" in sql
+    assert "kafka_handle_error_mode = 'stream'" in sql
+    assert "output_format_json_quote_64bit_integers = 0" in sql
+
+
+def test_the_kafka_source_is_created_last() -> None:
+    statements = render_statements(DEFAULTS, use_kafka=True)
+
+    assert pipeline_files(True)[-1] == "kafka_source.sql"
+    assert "revetl.cdc_kafka_mv" in statements[-1]
+    assert statements[-2].startswith("CREATE TABLE IF NOT EXISTS revetl.cdc_kafka\n")
+
+
+def test_values_are_rendered_as_quoted_literals_and_integers() -> None:
+    custom = params(
+        kafka_brokers="k1.example.com:9092,10.0.0.7:19092",
+        users_topic="cdc.users",
+        sales_topic="cdc.sales",
+        ltv_topic="ltv_out",
+        consumer_group="grp_1",
+        flush_interval_ms=250,
+        max_block_size=1000,
+        sales_index_granularity=256,
+    )
+
+    sql = joined(render_statements(custom, use_kafka=True))
+
+    assert "kafka_broker_list = 'k1.example.com:9092,10.0.0.7:19092'" in sql
+    assert "kafka_topic_list = 'cdc.users,cdc.sales'" in sql
+    assert "topic = 'cdc.users', 'user', topic = 'cdc.sales', 'sale'" in sql
+    assert "kafka_flush_interval_ms = 250," in sql
+    assert "kafka_max_block_size = 1000," in sql
+    assert "index_granularity = 256" in sql
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["users_topic", "sales_topic", "ltv_topic", "consumer_group"],
+)
+@pytest.mark.parametrize(
+    "value",
+    ["bad topic", "x'; DROP DATABASE revetl; --", "", "..", "t" * 250, "naïve"],
+)
+def test_a_bad_name_is_refused_naming_the_setting(setting: str, value: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        render_statements(params(**{setting: value}))
+
+    assert f"{setting}={value!r}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["localhost", "host:0", "host:70000", "a b:9092", "h:9092,", "h:9092;x:1", "-h:1"],
+)
+def test_a_bad_broker_list_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="kafka_brokers="):
+        validate_params(params(kafka_brokers=value))
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("flush_interval_ms", 0),
+        ("flush_interval_ms", True),
+        ("max_block_size", 1_048_449),
+        ("max_block_size", "65536"),
+        ("sales_index_granularity", 8),
+        ("sales_by_id_index_granularity", 1 << 20),
+    ],
+)
+def test_a_bad_number_is_refused(setting: str, value: object) -> None:
+    with pytest.raises(ConfigurationError, match=f"{setting}="):
+        validate_params(params(**{setting: value}))
+
+
+def test_the_same_topic_twice_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="three different topics"):
+        validate_params(params(sales_topic=DEFAULTS.users_topic))
+
+
+def test_every_problem_is_listed_in_one_error() -> None:
+    bad = params(ltv_topic="a b", consumer_group="", flush_interval_ms=-1)
+
+    with pytest.raises(ConfigurationError) as caught:
+        validate_params(bad)
+
+    message = str(caught.value)
+    assert "ltv_topic='a b'" in message
+    assert "consumer_group=''" in message
+    assert "flush_interval_ms=-1" in message
+    assert message.endswith("fix these settings and apply again")
+
+
+def test_the_defaults_are_valid() -> None:
+    validate_params(DEFAULTS)
+
+
+def test_split_drops_comment_lines_and_keeps_a_last_unterminated_statement() -> None:
+    sql = "-- a comment; not a statement;\nCREATE TABLE a (x Int8)\nENGINE = Null;\n"
+    sql += "  -- indented comment\n\nSELECT 1"
+
+    assert split_statements(sql) == [
+        "CREATE TABLE a (x Int8)\nENGINE = Null",
+        "SELECT 1",
+    ]
+
+
+def test_the_reconciliation_query_reads_user_ltv_final() -> None:
+    query = current_ltv_query()
+
+    assert "FROM revetl.user_ltv FINAL" in query
+    assert query.startswith("SELECT user_id, ltv, sale_count, user_deleted")
+    assert "--" not in query
+
+
+def test_the_ods_query_reads_current_sales() -> None:
+    query = ods_ltv_query()
+
+    assert "FROM revetl.sales FINAL" in query
+    assert "--" not in query
