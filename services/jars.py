@@ -92,7 +92,6 @@ def _copy_dependencies(
     argv = [
         settings.mvn,
         "--batch-mode",
-        "--no-transfer-progress",
         "-f", str(js.pom),
         "dependency:copy-dependencies",
         f"-DoutputDirectory={staging}",
