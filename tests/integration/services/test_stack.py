@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from psycopg import sql
 from services import process
 from services.config import Settings
 from services.connect import DEBEZIUM_POSTGRES
+from services.health import State
 from services.stack import Stack, down, status
 from services.wiring import bring_up
 
@@ -231,3 +234,20 @@ def _drop_kafka_database(client: Client, db: str) -> None:
     client.command(f"DROP TABLE IF EXISTS {db}.mv")
     client.command(f"DROP TABLE IF EXISTS {db}.queue")
     client.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+@pytest.mark.faults
+def test_a_killed_component_shows_dead_and_up_restarts_it(stack: Stack) -> None:
+    worker = stack.worker
+    pid = worker.status().pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    process.wait_gone(pid, worker.spec().marker, 30.0)
+
+    dead = worker.status()
+    bring_up(stack, 180.0, lambda result: None)
+    revived = worker.status()
+
+    assert dead.state is State.DEAD
+    assert revived.healthy
+    assert revived.pid not in (None, pid)
