@@ -18,6 +18,7 @@ from collections import defaultdict, deque
 from pathlib import Path
 
 import psycopg
+from rich.console import Console
 from rich.progress import Progress
 
 from services.config import load_settings
@@ -189,8 +190,9 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"latency-{args.rate}-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"written to {out}")
+    console = Console()
+    console.print_json(json.dumps(result))
+    console.print(f"written to {out}")
     return 0 if result["not_applied_after_60s"] == 0 else 1
 
 

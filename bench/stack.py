@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psycopg
 from confluent_kafka import Consumer
+from rich.console import Console
 
 from connectors import debezium
 from services.config import load_settings
@@ -126,8 +127,9 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"stack-{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-    print(f"written to {out}")
+    console = Console()
+    console.print_json(json.dumps(result))
+    console.print(f"written to {out}")
     return 0
 
 

@@ -183,15 +183,24 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int
         (tp.topic, tp.partition): tp.offset
         for tp in committed_future.result(timeout=10).topic_partitions
     }
-    # The stubs leave these factory methods untyped.
-    ends = _offsets(admin, partitions, OffsetSpec.latest())  # type: ignore[no-untyped-call]
-    starts = _offsets(admin, partitions, OffsetSpec.earliest())  # type: ignore[no-untyped-call]
+    ends = _offsets(admin, partitions, _latest())
+    starts = _offsets(admin, partitions, _earliest())
     lag: dict[str, int] = {}
     for key, end in ends.items():
         offset = committed.get(key, -1)
         position = offset if offset >= 0 else starts[key]
         lag[key[0]] = lag.get(key[0], 0) + max(0, end - position)
     return lag
+
+
+def _latest() -> OffsetSpec:
+    spec: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # stubs
+    return spec
+
+
+def _earliest() -> OffsetSpec:
+    spec: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # stubs
+    return spec
 
 
 def _offsets(
