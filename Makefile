@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## venv, Python deps, prerequisite checks, jars (idempotent, cached)
 	$(REVETL) setup
 
-demo: setup ## install, start the stack, stream a burst of sales, show ranks changing
+demo: setup ## install, start the stack, seed, stream a burst of sales, show ranks
 	$(REVETL) up
+	$(REVETL) seed --users 1000
 	$(REVETL) demo
 
 up: setup ## start the stack (same as `revetl up`)

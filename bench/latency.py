@@ -41,6 +41,7 @@ DROP TRIGGER IF EXISTS revetl_bench_notify ON public.user_ltv_history;
 DROP FUNCTION IF EXISTS public.revetl_bench_notify();
 """
 BENCH_USER_BASE = 9_000_000_000
+"""Bench users and sales get ids from here up, apart from seeded and demo rows."""
 
 
 class Tracker:
@@ -80,7 +81,10 @@ def create_users(
 ) -> list[int]:
     ids = [BENCH_USER_BASE + i for i in range(count)]
     with source.cursor() as cur:
-        cur.execute("DELETE FROM public.sales WHERE user_id >= %s", (BENCH_USER_BASE,))
+        cur.execute(
+            "DELETE FROM public.sales WHERE id >= %s OR user_id >= %s",
+            (BENCH_USER_BASE, BENCH_USER_BASE),
+        )
         cur.execute("DELETE FROM public.users WHERE id >= %s", (BENCH_USER_BASE,))
         cur.executemany(
             "INSERT INTO public.users (id, first_name, email) VALUES (%s, 'Bench', %s)",
@@ -138,10 +142,11 @@ def _insert_at_rate(
                     batch.append((user, amount, ltv[user]))
                 with source.cursor() as cur:
                     cur.executemany(
-                        "INSERT INTO public.sales (user_id, branch, amount) "
-                        "VALUES (%s, 1, %s)",
-                        [(u, a) for u, a, _ in batch],
-                    )
+                        "INSERT INTO public.sales (id, user_id, branch, amount) "
+                        "VALUES (%s, %s, 1, %s)",
+                        [(BENCH_USER_BASE + sent + k, u, a)
+                         for k, (u, a, _) in enumerate(batch)],
+                    )  # fmt: skip
                 source.commit()
                 committed_at = time.time()
                 for user, _, total in batch:

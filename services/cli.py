@@ -12,8 +12,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from datetime import date
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from batch_ltv.reconcile import Report
@@ -79,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show")
     p.set_defaults(handler=cmd_logs)
+    p = sub.add_parser(
+        "seed", help="fill the source with generated users and sales (Faker ru_RU)"
+    )
+    p.add_argument("--users", type=int, default=10_000, help="how many users")
+    p.add_argument(
+        "--max-sales-per-user",
+        type=int,
+        default=1_000,
+        help="each user gets a uniform 0..M sales",
+    )
+    p.add_argument("--seed", type=int, default=42, help="same seed, same rows")
+    p.add_argument(
+        "--until",
+        type=date.fromisoformat,
+        default=date(2025, 10, 13),
+        help="sales are dated before this day (YYYY-MM-DD)",
+    )
+    p.set_defaults(handler=cmd_seed)
     p = sub.add_parser(
         "demo", help="a burst of sales to a few shoppers; watch their ranks change"
     )
@@ -254,6 +280,35 @@ def cmd_logs(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace, settings: Settings) -> int:
+    from batch_ltv.seed_io import seed
+
+    source = Stack.from_settings(settings).source_pg
+    columns = (
+        TextColumn("seeding"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("rows"), TimeElapsedColumn(),
+    )  # fmt: skip
+    with Progress(*columns, console=out) as progress:
+        task = progress.add_task("seed", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = seed(
+            source.dsn(), args.users, args.max_sales_per_user, args.seed,
+            args.until, on_progress,
+        )  # fmt: skip
+    if result.users_added == 0 and result.sales_added == 0:
+        out.print("nothing to add: this seed's rows are already in the source")
+        return 0
+    out.print(
+        f"added {result.users_added:,} users and {result.sales_added:,} sales in "
+        f"{result.seconds:.1f} s ({result.sales_per_second:,.0f} sales/s); CDC "
+        "carries them to ClickHouse and the product DB"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from services import demo
 
@@ -262,7 +317,17 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if unhealthy:
         err.print(f"not running: {', '.join(unhealthy)}; start it with `revetl up`")
         return 1
+    from batch_ltv.reconcile_io import pipeline_lag
+
     users = demo.ensure_users(stack, args.users, args.seed)
+    with out.status("waiting for the pipeline to catch up") as spinner:
+        while not (lag := pipeline_lag(stack)).drained:
+            spinner.update(
+                f"waiting for the pipeline to catch up: ClickHouse has "
+                f"{lag.clickhouse:,} change events to read, the worker "
+                f"{lag.worker:,} LTV messages"
+            )
+            time.sleep(1.0)
     out.print(
         f"{len(users)} shoppers buy {args.rate} times a second for {args.seconds:.0f}"
         " s; each line is a rank change read back from the product DB "
@@ -270,7 +335,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     after = demo.last_change_id(stack)
     changes = 0
-    for item in demo.shop(stack, users, args.rate, args.seconds, args.seed, after):
+
+    def drained() -> bool:
+        return pipeline_lag(stack).drained
+
+    shopping = demo.shop(
+        stack, users, args.rate, args.seconds, args.seed, after, drained
+    )
+    for item in shopping:
         if isinstance(item, int):
             continue
         changes += 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -14,7 +14,8 @@ from faker import Faker
 from services.stack import Stack
 
 DEMO_USER_BASE = 8_000_000_000
-"""Demo users get ids from here up, so they never collide with seeded users."""
+"""Demo users and their sales get ids from here up, so they never collide with
+seeded rows (`revetl seed` numbers its users and sales from 1)."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,15 @@ def ensure_users(stack: Stack, count: int, seed: int) -> dict[int, str]:
     return users
 
 
+def _next_demo_sale_id(stack: Stack) -> int:
+    with psycopg.connect(stack.source_pg.dsn()) as conn:
+        row = conn.execute(
+            "SELECT coalesce(max(id), %s) + 1 FROM public.sales WHERE id > %s",
+            (DEMO_USER_BASE, DEMO_USER_BASE),
+        ).fetchone()
+    return int(row[0]) if row else DEMO_USER_BASE + 1
+
+
 def last_change_id(stack: Stack) -> int:
     with psycopg.connect(stack.target_pg.dsn()) as conn:
         row = conn.execute("SELECT coalesce(max(id), 0) FROM public.rank_changes")
@@ -61,32 +71,41 @@ def shop(
     seconds: float,
     seed: int,
     after_id: int,
+    drained: Callable[[], bool],
 ) -> Iterator[RankChange | int]:
     """Insert sales at `rate` per second; yield rank changes as they land and,
-    every tick, the number of sales sent so far."""
+    every tick, the number of sales sent so far. After the shopping it keeps
+    reading changes until `drained()` says the pipeline has caught up (60 s at
+    most)."""
     rng = random.Random(seed)
     ids = list(users)
     sent = 0
+    next_sale = _next_demo_sale_id(stack)
     began = time.monotonic()
     with (
         psycopg.connect(stack.source_pg.dsn(), autocommit=True) as source,
         psycopg.connect(stack.target_pg.dsn(), autocommit=True) as target,
     ):
-        while time.monotonic() - began < seconds + 5:
-            if time.monotonic() - began < seconds:
+        while True:
+            elapsed = time.monotonic() - began
+            if elapsed >= seconds + 60 or (elapsed >= seconds + 1 and drained()):
+                break
+            if elapsed < seconds:
                 due = int((time.monotonic() - began) * rate) - sent
                 if due > 0:
                     batch = [
-                        (rng.choice(ids), rng.randint(1, 150), rng.randint(999, 99_900))
-                        for _ in range(due)
-                    ]
+                        (next_sale + k, rng.choice(ids), rng.randint(1, 150),
+                         rng.randint(999, 99_900))
+                        for k in range(due)
+                    ]  # fmt: skip
                     with source.transaction():
                         source.cursor().executemany(
-                            "INSERT INTO public.sales (user_id, branch, amount) "
-                            "VALUES (%s, %s, %s)",
+                            "INSERT INTO public.sales (id, user_id, branch, amount) "
+                            "VALUES (%s, %s, %s, %s)",
                             batch,
                         )
                     sent += due
+                    next_sale += due
             for change in _changes_since(target, after_id, users):
                 after_id = max(after_id, change[0])
                 yield change[1]
