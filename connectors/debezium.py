@@ -20,7 +20,9 @@ CONNECTOR_NAME = "revetl-source"
 TOPIC_PREFIX = "oltp"
 SLOT_NAME = "revetl"
 PUBLICATION_NAME = "revetl"
-TABLES = ("public.users", "public.sales")
+USERS_TABLE = "public.users"
+SALES_TABLE = "public.sales"
+TABLES = (USERS_TABLE, SALES_TABLE)
 HEARTBEAT_TABLE = "public.revetl_heartbeat"
 HEARTBEAT_QUERY = (
     "INSERT INTO public.revetl_heartbeat (id, beat_at) VALUES (1, now()) "

@@ -16,11 +16,12 @@ from services.stack import Stack, StartResult, start_wave
 log = logging.getLogger(__name__)
 
 
-def pipeline_params(settings: Settings, stack: Stack) -> PipelineParams:
+def pipeline_params(stack: Stack) -> PipelineParams:
+    settings = stack.settings
     return PipelineParams(
         kafka_brokers=stack.kafka.bootstrap,
-        users_topic=debezium.topic_for("public.users"),
-        sales_topic=debezium.topic_for("public.sales"),
+        users_topic=debezium.topic_for(debezium.USERS_TABLE),
+        sales_topic=debezium.topic_for(debezium.SALES_TABLE),
         ltv_topic=settings.ltv_topic,
         consumer_group=settings.clickhouse_consumer_group,
         flush_interval_ms=settings.clickhouse_flush_interval_ms,
@@ -31,23 +32,18 @@ def pipeline_topics(settings: Settings) -> list[str]:
     return [*(debezium.topic_for(t) for t in debezium.TABLES), settings.ltv_topic]
 
 
-def prepare_storage(settings: Settings, stack: Stack) -> None:
+def prepare_storage(stack: Stack) -> None:
     """Everything that must exist before changes flow; idempotent."""
     from stream_app.target import apply_schema  # the worker owns the target schema
 
     debezium.apply_source_schema(stack.source_pg)
     with psycopg.connect(stack.target_pg.dsn(), autocommit=True) as conn:
         apply_schema(conn)
-    created = ensure_topics(stack.kafka.bootstrap, pipeline_topics(settings))
+    created = ensure_topics(stack.kafka.bootstrap, pipeline_topics(stack.settings))
     if created:
         log.info("created topics=%s", ",".join(created))
     with stack.clickhouse.client() as client:
-        apply_pipeline(client, pipeline_params(settings, stack))
-
-
-def start_capture(settings: Settings, stack: Stack, timeout_s: float) -> None:
-    """Register (or update) the Debezium connector and wait until it runs."""
-    debezium.register(settings, stack.connect, stack.source_pg, timeout_s)
+        apply_pipeline(client, pipeline_params(stack))
 
 
 def bring_up(
@@ -56,8 +52,8 @@ def bring_up(
     """Start every component and wire the pipeline between the waves."""
     storage, capture, stream = stack.waves()
     results = start_wave(storage, timeout_s, on_ready)
-    prepare_storage(stack.settings, stack)
+    prepare_storage(stack)
     results += start_wave(capture, timeout_s, on_ready)
-    start_capture(stack.settings, stack, timeout_s)
+    debezium.register(stack.settings, stack.connect, stack.source_pg, timeout_s)
     results += start_wave(stream, timeout_s, on_ready)
     return results
