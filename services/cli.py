@@ -25,7 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from batch_ltv.reconcile import Report
-from services import jars, process
+from services import cli_backfill, jars, process
 from services.component import StartTimeout
 from services.config import Settings, load_settings
 from services.errors import RevetlError
@@ -131,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", type=int, default=20, help="how many differing users to list"
     )
     p.set_defaults(handler=cmd_reconcile)
+    cli_backfill.add_parser(sub)
     return parser
 
 

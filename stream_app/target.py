@@ -225,6 +225,54 @@ def write_batch(
     )
 
 
+MOVES_SINCE = """
+SELECT old_class, new_class, count(*)
+FROM {schema}.rank_changes
+WHERE id > %s
+GROUP BY old_class, new_class
+"""
+LAST_CHANGE = "SELECT coalesce(max(id), 0) FROM {schema}.rank_changes"
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """What one bulk write (a backfill) did, or would do, to the target."""
+
+    batch: BatchResult
+    moves: list[tuple[str | None, str | None, int]]
+    """(old class, new class, users) of every class change it made."""
+
+
+def write_bulk(
+    conn: Connection, schema: str, rows: Sequence[RankRow], *, dry_run: bool = False
+) -> BulkResult:
+    """Apply many ranked rows in one transaction through the stream's statement.
+
+    The rows go through the same COPY into the scratch table and the same
+    version-guarded upsert as a worker batch, under the same writer lock, so a
+    row the stream has already moved past is left alone. A dry run does all of
+    it, counts the class changes, and rolls back.
+    """
+    identifier = schema_identifier(schema)
+    with conn.transaction(force_rollback=dry_run):
+        lock_target(conn, schema)
+        last = conn.execute(sql.SQL(LAST_CHANGE).format(schema=identifier))
+        since = _one_int(last.fetchone())
+        batch = _apply_rows(conn, schema, rows) if rows else BatchResult()
+        moves_sql = sql.SQL(MOVES_SINCE).format(schema=identifier)
+        moves = [
+            (old, new, int(count))
+            for old, new, count in conn.execute(moves_sql, (since,))
+        ]
+    return BulkResult(batch, moves)
+
+
+def _one_int(row: tuple[Any, ...] | None) -> int:
+    if row is None:
+        raise FatalError("an aggregate query returned no row")
+    return int(row[0])
+
+
 def _apply_rows(conn: Connection, schema: str, rows: Sequence[RankRow]) -> BatchResult:
     statement = _statement("apply_batch.sql", schema, batch=BATCH_SOURCE)
     conn.execute(BATCH_TABLE_DDL)

@@ -4,13 +4,16 @@
 -- {batch} the batch rows as a relation named b.
 --
 -- An event is fresh when its LSN is above the user's tombstone's and above the
--- user's row's, or equal to the row's with another LTV; stale events change
--- nothing. An equal LSN with another LTV counts because ClickHouse stamps every
--- snapshot row with the snapshot's one LSN: a user whose snapshot sales span
--- several blocks gets several messages with that LSN, each more complete than the
--- one before, in topic order. A plain duplicate stays stale. A fresh event with the same LTV and class
--- only advances source_lsn and stat_date (so a stale event seen later is still
--- refused) and keeps updated_at. Every fresh change of class, first appearance
+-- user's row's, or equal to the row's with another LTV, class or discount; stale
+-- events change nothing. An equal LSN with another LTV counts because ClickHouse
+-- stamps every snapshot row with the snapshot's one LSN: a user whose snapshot
+-- sales span several blocks gets several messages with that LSN, each more
+-- complete than the one before, in topic order. An equal LSN with another class
+-- is a re-rank under changed rules (batch_ltv's `backfill target`). Neither
+-- applies to a delete, whose LSN is always its own. A plain
+-- duplicate stays stale. A fresh event with the same LTV and class only advances
+-- source_lsn and stat_date (so a stale event seen later is still refused) and
+-- keeps updated_at. Every fresh change of class, first appearance
 -- (old_class NULL) and deletion (new_class NULL) included, appends to rank_changes.
 WITH batch AS (
     SELECT * FROM {batch}
@@ -22,6 +25,7 @@ known AS (
         h.user_class AS old_class,
         h.source_lsn AS row_lsn,
         h.ltv AS row_ltv,
+        h.discount_pct AS row_discount,
         t.source_lsn AS tombstone_lsn
     FROM batch AS b
     LEFT JOIN {schema}.user_ltv_history AS h ON h.user_id = b.user_id
@@ -33,7 +37,12 @@ fresh AS (
     WHERE (
             row_lsn IS NULL
             OR source_lsn > row_lsn
-            OR (source_lsn = row_lsn AND ltv IS DISTINCT FROM row_ltv)
+            OR (
+                source_lsn = row_lsn
+                AND NOT user_deleted
+                AND (ltv, new_class, discount_pct)
+                    IS DISTINCT FROM (row_ltv, old_class, row_discount)
+            )
         )
         AND (tombstone_lsn IS NULL OR source_lsn > tombstone_lsn)
 ),
@@ -58,7 +67,11 @@ upserted AS (
             ELSE h.updated_at
         END
     WHERE excluded.source_lsn > h.source_lsn
-        OR (excluded.source_lsn = h.source_lsn AND excluded.ltv <> h.ltv)
+        OR (
+            excluded.source_lsn = h.source_lsn
+            AND (excluded.ltv, excluded.user_class, excluded.discount_pct)
+                IS DISTINCT FROM (h.ltv, h.user_class, h.discount_pct)
+        )
     RETURNING h.user_id
 ),
 deleted AS (
