@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -227,6 +228,63 @@ def test_a_duplicate_is_harmless(target_conn: target.Connection, schema: str) ->
     assert updated_at(target_conn, schema, 1) == before
     assert len(history(target_conn, schema, 1)) == 1
     assert (result.stale, result.upserts) == (1, 0)
+
+
+def test_the_same_lsn_and_ltv_under_other_rules_is_a_re_rank(
+    target_conn: target.Connection, schema: str
+) -> None:
+    write(target_conn, schema, ev(1, 10, 4_000_000))
+    rules = ranks.parse_rules(
+        {"rank": [
+            {"class": "A", "threshold_roubles": 0, "discount_pct": 0},
+            {"class": "C", "threshold_roubles": 3_000_000, "discount_pct": 10},
+        ]},
+        Path("test.toml"),
+    )  # fmt: skip
+    rows = target.rank_rows([ev(1, 10, 4_000_000)], rules, MOSCOW)
+
+    result = target.write_batch(target_conn, schema, rows)
+
+    assert ranked(target_conn, schema, 1) == (4_000_000, "C", 10, 10)
+    assert history(target_conn, schema, 1)[-1] == ("B", "C", 4_000_000, 10)
+    assert (result.stale, result.upserts, result.rank_changes) == (0, 1, 1)
+
+
+def test_a_delete_with_the_row_s_own_lsn_changes_nothing(
+    target_conn: target.Connection, schema: str
+) -> None:
+    write(target_conn, schema, ev(1, 10, 1_500_000))
+
+    result = write(target_conn, schema, ev(1, 10, 0, deleted=True))
+
+    assert ranked(target_conn, schema, 1) == (1_500_000, "B", 5, 10)
+    assert tombstone(target_conn, schema, 1) is None
+    assert len(history(target_conn, schema, 1)) == 1
+    assert result.stale == 1
+
+
+def test_a_bulk_dry_run_counts_moves_and_writes_nothing(
+    target_conn: target.Connection, schema: str
+) -> None:
+    write(target_conn, schema, ev(1, 10, 500_000), ev(2, 10, 1_500_000))
+    rows = target.rank_rows(
+        [ev(1, 11, 1_100_000), ev(2, 11, 5_100_000), ev(3, 11, 0)],
+        ranks.default_rules(),
+        MOSCOW,
+    )
+
+    dry = target.write_bulk(target_conn, schema, rows, dry_run=True)
+
+    assert ranked(target_conn, schema, 1) == (500_000, "A", 0, 10)
+    assert ranked(target_conn, schema, 3) is None
+    assert sorted(dry.moves, key=str) == [
+        ("A", "B", 1),
+        ("B", "C", 1),
+        (None, "A", 1),
+    ]
+    real = target.write_bulk(target_conn, schema, rows)
+    assert real == dry
+    assert ranked(target_conn, schema, 2) == (5_100_000, "C", 10, 11)
 
 
 def test_an_ltv_change_within_the_class_updates_without_history(
