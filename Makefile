@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo up down status test test-unit test-integration lint fmt \
-	typecheck bench bench-latency clean
+	typecheck bench bench-latency bench-backfill clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -65,6 +65,9 @@ RATE ?= 100
 DURATION ?= 30
 bench-latency: ## sale-to-product-DB latency at RATE sales/s for DURATION seconds (stack up)
 	$(BIN)/python bench/latency.py --rate $(RATE) --seconds $(DURATION)
+
+bench-backfill: ## backfill history (365 days) and target timings on the seeded stack (stack up)
+	$(BIN)/python bench/backfill.py
 
 clean: down ## stop the stack and delete its state (data, logs, jars)
 	rm -rf .revetl
