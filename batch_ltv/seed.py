@@ -239,6 +239,8 @@ def generate(plan: SeedPlan, start_user: int = 0) -> Iterator[Block]:
     if start_user % BLOCK_USERS and start_user != plan.users:
         message = f"start_user={start_user} is not a multiple of {BLOCK_USERS}"
         raise ValueError(message)
+    if start_user == plan.users:
+        return  # finished; the last block may be partial, so do not start it again
     columns = user_columns(plan)
     pool = name_pool(plan.seed)
     first_sale = int(columns.sale_counts[:start_user].sum()) + 1

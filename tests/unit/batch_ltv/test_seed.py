@@ -50,6 +50,11 @@ def test_resuming_at_a_block_gives_the_rest_of_the_full_run() -> None:
     assert resumed[0].amounts.tolist() == full[2].amounts.tolist()
 
 
+@pytest.mark.parametrize("users", [250, 200, 20])
+def test_resuming_a_finished_plan_gives_nothing(users: int) -> None:
+    assert list(generate(plan(users=users), start_user=users)) == []
+
+
 def test_users_are_in_their_ranges_with_names_and_unique_emails() -> None:
     users = list(user_rows(plan(users=2000, max_sales=0)))
     assert all(
