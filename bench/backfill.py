@@ -9,11 +9,10 @@ last seeded sale day, and `backfill target` as a dry run and as a real run.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from datetime import date, timedelta
-from pathlib import Path
 
+from report import write_result
 from rich.console import Console
 
 from batch_ltv.backfill_io import backfill_history, backfill_target
@@ -21,7 +20,6 @@ from batch_ltv.reconcile_io import pipeline_lag
 from services.config import load_settings
 from services.stack import Stack
 
-RESULTS = Path(__file__).parent / "results"
 LAST_DAY = date(2025, 10, 12)
 """The last day the default seed has sales on (`revetl seed --until 2025-10-13`)."""
 
@@ -79,11 +77,7 @@ def main() -> int:
             )
         result["target_dry_run" if dry_run else "target"] = runs
 
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"backfill-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print_json(json.dumps(result))
-    console.print(f"written to {out}")
+    write_result("backfill", result, console)
     return 0
 
 

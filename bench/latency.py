@@ -10,21 +10,18 @@ Run it with the stack up: `make bench-latency RATE=1000 DURATION=30`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
 from collections import defaultdict, deque
-from pathlib import Path
 
 import psycopg
-from rich.console import Console
+from report import write_result
 from rich.progress import Progress
 
 from services.config import load_settings
 from services.stack import Stack
 
-RESULTS = Path(__file__).parent / "results"
 CHANNEL = "revetl_bench"
 TRIGGER_SQL = """
 CREATE OR REPLACE FUNCTION public.revetl_bench_notify() RETURNS trigger AS $$
@@ -192,12 +189,7 @@ def main() -> int:
     args = parser.parse_args()
     stack = Stack.from_settings(load_settings())
     result = run(stack, args.rate, args.seconds, args.users, args.tick_ms / 1000)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"latency-{args.rate}-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console = Console()
-    console.print_json(json.dumps(result))
-    console.print(f"written to {out}")
+    write_result(f"latency-{args.rate}", result)
     return 0 if result["not_applied_after_60s"] == 0 else 1
 
 

@@ -7,7 +7,6 @@ Run with `make bench` while nothing else loads the machine. It restarts the stac
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -17,14 +16,13 @@ from pathlib import Path
 
 import psycopg
 from confluent_kafka import Consumer
-from rich.console import Console
+from report import write_result
 
 from connectors import debezium
 from services.config import load_settings
 from services.kafka import ensure_topics
 from services.stack import Stack, status
 
-RESULTS = Path(__file__).parent / "results"
 BENCH_WRITE = (
     "INSERT INTO public.revetl_heartbeat (id, beat_at) VALUES (%s, now()) "
     "ON CONFLICT (id) DO UPDATE SET beat_at = excluded.beat_at"
@@ -124,12 +122,7 @@ def main() -> int:
             "max": round(max(latencies) * 1000, 1),
         },
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"stack-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console = Console()
-    console.print_json(json.dumps(result))
-    console.print(f"written to {out}")
+    write_result("stack", result)
     return 0
 
 

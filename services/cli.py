@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_status)
     p = sub.add_parser("logs", help="show a component's log")
     p.add_argument(
-        "component", help="source-pg, target-pg, kafka, clickhouse, connect or worker"
+        "component",
+        help="source-pg, target-pg, kafka, clickhouse, connect, worker or monitor",
     )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing")
     p.add_argument("-n", "--lines", type=int, default=50, help="lines to show")
@@ -131,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--show", type=int, default=20, help="how many differing users to list"
     )
     p.set_defaults(handler=cmd_reconcile)
+    p = sub.add_parser(
+        "lag",
+        help="where data waits: lag per stage, freshness, connectors, ClickHouse "
+        "consumers, worker (from the monitor, or collected here if it is down)",
+    )
+    p.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    p.add_argument("--json", action="store_true", help="the monitor's /api/state")
+    p.set_defaults(handler=cmd_lag)
     cli_backfill.add_parser(sub)
     return parser
 
@@ -369,6 +378,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     logging.getLogger().setLevel(logging.INFO)
     return run_worker(load_worker_settings())
+
+
+def cmd_lag(args: argparse.Namespace, settings: Settings) -> int:
+    from services import lag_view
+
+    stack = Stack.from_settings(settings)
+    return lag_view.run(stack, out, watch=args.watch, as_json=args.json)
 
 
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -16,6 +17,8 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INFRA_DIR = REPO_ROOT / "infra"
 ENV_PREFIX = "REVETL_"
+URL_PASSWORD = re.compile(r"(://[^/:@]*:)[^/@]*@")
+"""The password part of a `scheme://user:password@host` URL in a plain setting."""
 
 
 class Settings(BaseSettings):
@@ -115,6 +118,29 @@ class Settings(BaseSettings):
         description="Kafka consumer group of the worker. Renaming it starts from the "
         "earliest retained offset again (harmless: old versions are ignored).",
     )
+    monitor_port: int = Field(
+        default=9108,
+        ge=1,
+        le=65535,
+        description="Port of the monitor on bind_host: /metrics for Prometheus, "
+        "/api/state and the live page.",
+    )
+    worker_metrics_port: int = Field(
+        default=9109,
+        ge=0,
+        le=65535,
+        description="Port on bind_host where the stream worker serves its own "
+        "Prometheus metrics (counters, end-to-end latency), which the monitor "
+        "re-exposes. 0 turns them off; the monitor then reports the worker as down.",
+    )
+    monitor_interval_s: float = Field(
+        default=2.0,
+        ge=0.1,
+        le=600.0,
+        description="Seconds between two collections of the monitor. Every "
+        "collection asks Kafka, Connect, both Postgres clusters, ClickHouse and "
+        "the worker once: shorter shows changes sooner and costs more queries.",
+    )
     start_timeout_s: float = Field(
         default=120.0,
         gt=0,
@@ -138,6 +164,8 @@ class Settings(BaseSettings):
         for name, value in self.model_dump().items():
             if isinstance(value, SecretStr):
                 value = "***" if value.get_secret_value() else ""
+            elif isinstance(value, str):
+                value = URL_PASSWORD.sub(r"\1***@", value)
             pairs.append(f"{name}={value}")
         return " ".join(pairs)
 

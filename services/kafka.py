@@ -6,6 +6,7 @@ import base64
 import logging
 import uuid
 from string import Template
+from typing import Literal
 
 from confluent_kafka import (
     ConsumerGroupTopicPartitions,
@@ -183,8 +184,8 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int
         (tp.topic, tp.partition): tp.offset
         for tp in committed_future.result(timeout=10).topic_partitions
     }
-    ends = _offsets(admin, partitions, _latest())
-    starts = _offsets(admin, partitions, _earliest())
+    ends = watermarks(admin, partitions, "latest")
+    starts = watermarks(admin, partitions, "earliest")
     lag: dict[str, int] = {}
     for key, end in ends.items():
         offset = committed.get(key, -1)
@@ -193,21 +194,19 @@ def consumer_lag(bootstrap: str, group: str, topics: list[str]) -> dict[str, int
     return lag
 
 
-def _latest() -> OffsetSpec:
-    spec: OffsetSpec = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # stubs
-    return spec
-
-
-def _earliest() -> OffsetSpec:
-    spec: OffsetSpec = OffsetSpec.earliest()  # type: ignore[no-untyped-call]  # stubs
-    return spec
-
-
-def _offsets(
-    admin: AdminClient, partitions: list[TopicPartition], spec: OffsetSpec
+def watermarks(
+    admin: AdminClient,
+    partitions: list[TopicPartition],
+    which: Literal["earliest", "latest"],
+    timeout_s: float = 10.0,
 ) -> dict[tuple[str, int], int]:
+    """The low ("earliest") or high ("latest") watermark of each partition."""
+    if not partitions:
+        return {}
+    make = OffsetSpec.latest if which == "latest" else OffsetSpec.earliest
+    spec: OffsetSpec = make()  # type: ignore[no-untyped-call]  # untyped stubs
     futures = admin.list_offsets({tp: spec for tp in partitions})
     return {
-        (tp.topic, tp.partition): future.result(timeout=10).offset
+        (tp.topic, tp.partition): future.result(timeout=timeout_s).offset
         for tp, future in futures.items()
     }

@@ -13,6 +13,7 @@ from services.config import Settings
 from services.connect import ConnectWorker
 from services.health import Status
 from services.kafka import KafkaBroker
+from services.monitor import Monitor
 from services.postgres import PostgresCluster
 from services.worker import StreamWorker
 
@@ -30,6 +31,7 @@ class Stack:
     clickhouse: ClickHouseServer
     connect: ConnectWorker
     worker: StreamWorker
+    monitor: Monitor
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stack:
@@ -41,18 +43,20 @@ class Stack:
             clickhouse=ClickHouseServer(settings),
             connect=ConnectWorker(settings),
             worker=StreamWorker(settings),
+            monitor=Monitor(settings),
         )
 
     def waves(self) -> list[list[Component]]:
         """Start order: each wave starts together once the one before is healthy.
 
         Between waves the pipeline is wired (services.wiring): storage before
-        Connect captures changes, the connector before the worker consumes.
+        Connect captures changes, the connector before the worker consumes; the
+        monitor last, so its first collection sees the whole pipeline.
         """
         return [
             [self.source_pg, self.target_pg, self.kafka, self.clickhouse],
             [self.connect],
-            [self.worker],
+            [self.worker, self.monitor],
         ]
 
     def components(self) -> list[Component]:

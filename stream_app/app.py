@@ -16,16 +16,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, cast
+from wsgiref.simple_server import WSGIServer
 
 import faust
 from faust.types import TP, EventT, StreamT
+from prometheus_client import disable_created_metrics, start_http_server
 
 from services.errors import DeadLetterError, FatalError, RetriableError, RevetlError
 from services.kafka import KafkaBroker, admin_client
 from services.postgres import PostgresCluster
 from stream_app.config import WorkerSettings
 from stream_app.events import LtvEvent, parse_event, printable
-from stream_app.ranks import RankRules, load_rules
+from stream_app.metrics import WorkerMetrics, end_to_end_latencies_s
+from stream_app.ranks import RankRules, RulesFile, describe
 from stream_app.retry import Backoff
 from stream_app.target import (
     BatchResult,
@@ -70,12 +73,22 @@ class Counters:
 
 class RankApplier:
     """Turns one batch of Kafka events into one target transaction, retried until
-    it commits. Malformed events become dead letters in the same transaction."""
+    it commits. Malformed events become dead letters in the same transaction.
+
+    Every committed batch is counted twice: in `Counters` for the log's summary
+    lines and in `WorkerMetrics` for Prometheus, with each event's end-to-end
+    latency taken right after the commit.
+    """
 
     def __init__(
-        self, settings: WorkerSettings, rules: RankRules, writer: TargetWriter
+        self,
+        settings: WorkerSettings,
+        rules: RulesFile,
+        writer: TargetWriter,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.rules = rules
+        self._reported_problem: str | None = None
         self.tz = settings.stat_date_tz
         self.writer = writer
         self.backoff = Backoff(
@@ -83,14 +96,17 @@ class RankApplier:
         )
         self.total = Counters()
         self.recent = Counters()
+        self.metrics = WorkerMetrics() if metrics is None else metrics
 
     async def apply(self, events: Sequence[EventT[bytes]]) -> BatchResult:
         """Write the batch; returns only once the target transaction has committed."""
         parsed, letters = self.parse(events)
-        rows = rank_rows(parsed, self.rules, self.tz)
-        result = await self._write(rows, letters)
+        rows = rank_rows(parsed, self.current_rules(), self.tz)
+        result, committed_at_s = await self._write(rows, letters)
         for counters in (self.total, self.recent):
             counters.add_batch(len(events), result)
+        latencies = end_to_end_latencies_s(parsed, committed_at_s)
+        self.metrics.observe_batch(len(events), result, latencies)
         log.debug(
             "batch applied messages=%d users=%d upserts=%d rank_changes=%d stale=%d "
             "dead_letters=%d",
@@ -102,6 +118,23 @@ class RankApplier:
             result.dead_letters,
         )
         return result
+
+    def current_rules(self) -> RankRules:
+        """The rules file's rules, read again when it changed since the last batch.
+
+        A change applies to the events from the next batch on; users who buy
+        nothing keep their class until `revetl backfill target` re-ranks them.
+        """
+        rules, changed = self.rules.current()
+        if changed:
+            log.info("rank rules reloaded path=%s classes=%s", rules.source,
+                     describe(rules))  # fmt: skip
+        problem = self.rules.problem
+        if problem is not None and problem != self._reported_problem:
+            log.warning("rank rules file unreadable, keeping the last good rules: %s",
+                        problem)  # fmt: skip
+        self._reported_problem = problem
+        return rules
 
     def parse(
         self, events: Sequence[EventT[bytes]]
@@ -133,16 +166,18 @@ class RankApplier:
 
     async def _write(
         self, rows: Sequence[RankRow], letters: list[DeadLetter]
-    ) -> BatchResult:
+    ) -> tuple[BatchResult, float]:
+        """The batch's result and the epoch time its transaction committed."""
         failures = 0
         while True:
             try:
-                return await asyncio.to_thread(self.writer.write, rows, letters)
+                return await asyncio.to_thread(self._write_stamped, rows, letters)
             except RetriableError as exc:
                 failures += 1
                 delay = self.backoff.delay_s(failures)
                 for counters in (self.total, self.recent):
                     counters.retries += 1
+                self.metrics.observe_retry()
                 log.warning(
                     "target write failed attempt=%d retry_in_s=%.2f users=%d "
                     "dead_letters=%d error=%s",
@@ -153,6 +188,13 @@ class RankApplier:
                     exc,
                 )
                 await asyncio.sleep(delay)
+
+    def _write_stamped(
+        self, rows: Sequence[RankRow], letters: list[DeadLetter]
+    ) -> tuple[BatchResult, float]:
+        # Stamped in the writing thread: the event loop may be busy when it resumes.
+        result = self.writer.write(rows, letters)
+        return result, time.time()
 
     def take_summary(self) -> str:
         """The counters since the previous call, then starts counting afresh."""
@@ -316,12 +358,8 @@ def run_worker(settings: WorkerSettings) -> int:
     """
     log.info("worker starting %s", settings.log_summary())
     _quiet_library_loggers()
-    rules = load_rules(settings.rank_rules_path)
-    log.info(
-        "rank rules path=%s classes=%s",
-        rules.source,
-        ",".join(f"{r.user_class}>={r.threshold}" for r in rules.rules),
-    )
+    rules = RulesFile(settings.rank_rules_path)
+    log.info("rank rules path=%s classes=%s", rules.path, describe(rules.rules))
     writer = TargetWriter(
         PostgresCluster(settings, "target").dsn(),
         settings.target_schema,
@@ -329,6 +367,7 @@ def run_worker(settings: WorkerSettings) -> int:
         statement_timeout_s=settings.worker_statement_timeout_s,
     )
     applier = RankApplier(settings, rules, writer)
+    server = serve_metrics(applier.metrics, settings)
     try:
         if not _connect_unless_stopped(writer, applier.backoff):
             log.info("stopped before start: SIGTERM while connecting to the target")
@@ -337,6 +376,38 @@ def run_worker(settings: WorkerSettings) -> int:
         return _run_faust(settings, applier)
     finally:
         writer.close()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def serve_metrics(
+    metrics: WorkerMetrics, settings: WorkerSettings
+) -> WSGIServer | None:
+    """Serve /metrics on bind_host:worker_metrics_port in a daemon thread.
+
+    Returns the server, or None when the port is 0 or busy: the worker then runs
+    without metrics rather than not at all, and says so.
+    """
+    host, port = settings.bind_host, settings.worker_metrics_port
+    if port == 0:
+        log.info("metrics off (REVETL_WORKER_METRICS_PORT=0)")
+        return None
+    # The *_created series only add noise to a scrape; the function has no types.
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    try:
+        server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    except OSError as exc:
+        log.warning(
+            "metrics not served: cannot listen on %s:%d (%s); another worker may "
+            "hold the port, or move it with REVETL_WORKER_METRICS_PORT",
+            host,
+            port,
+            exc,
+        )
+        return None
+    log.info("metrics served url=http://%s:%d/metrics", host, port)
+    return server
 
 
 def _connect_unless_stopped(writer: TargetWriter, backoff: Backoff) -> bool:

@@ -183,3 +183,47 @@ def clickhouse_multiif(
 ) -> str:
     """The rules as a ClickHouse `multiIf(...)` over `column`, for the batch code."""
     return (rules or default_rules()).clickhouse_expression(column, value)
+
+
+class RulesFile:
+    """The rules of one file, read again when the file changes.
+
+    A long-running worker asks for `current()` before each batch; a changed
+    modification time or size means the file is parsed again. A file that no
+    longer parses keeps the last good rules and reports the problem once per
+    change, so an edit in progress never stops ranking.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rules = load_rules(path)
+        self._stamp = self._read_stamp()
+        self.problem: str | None = None
+
+    def current(self) -> tuple[RankRules, bool]:
+        """The rules to rank with, and whether they changed since the last call."""
+        stamp = self._read_stamp()
+        if stamp == self._stamp:
+            return self.rules, False
+        self._stamp = stamp
+        try:
+            rules = load_rules(self.path)
+        except ConfigurationError as exc:
+            self.problem = str(exc)
+            return self.rules, False
+        self.problem = None
+        changed = rules.rules != self.rules.rules
+        self.rules = rules
+        return rules, changed
+
+    def _read_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size
+
+
+def describe(rules: RankRules) -> str:
+    """The rules in one line: `A>=0,B>=1000000,...`."""
+    return ",".join(f"{r.user_class}>={r.threshold}" for r in rules.rules)

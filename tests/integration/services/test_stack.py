@@ -54,6 +54,7 @@ def test_every_component_is_healthy(stack: Stack) -> None:
 
     assert [r.name for r in rows] == [
         "source-pg", "target-pg", "kafka", "clickhouse", "connect", "worker",
+        "monitor",
     ]  # fmt: skip
     unhealthy = [(r.name, r.state.value, r.detail) for r in rows if not r.healthy]
     assert unhealthy == []

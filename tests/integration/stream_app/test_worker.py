@@ -22,6 +22,7 @@ from psycopg import sql
 from services.config import REPO_ROOT
 from services.stack import Stack
 from stream_app import target
+from stream_app.ranks import DEFAULT_RULES_PATH
 
 WAIT_S = 90.0
 COMMITTED_MS = 1_760_000_000_000
@@ -390,3 +391,37 @@ def test_an_unreachable_target_is_retried_until_stopped(
     )
     assert delays[:4] == ["0.10", "0.20", "0.40", "0.40"]
     assert "stopped before start" in process.log
+
+
+def test_an_edited_rules_file_ranks_the_next_batches(
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    feed: Feed,
+    kafka_admin: AdminClient,
+    group: str,
+    schema: str,
+    target_conn: target.Connection,
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(DEFAULT_RULES_PATH.read_text(encoding="utf-8"), encoding="utf-8")
+    env = {**worker_env, "REVETL_RANK_RULES_PATH": str(rules)}
+    process = WorkerProcess(env, tmp_path / "rules-worker.log").start()
+    try:
+        process.wait_for_log(r"partitions assigned .* partitions=\[0, 1\]")
+        feed.send(ltv(1, 10, 4_000_000))
+        wait_all_committed(kafka_admin, group, feed)
+        assert ranks(target_conn, schema)[1] == (4_000_000, "B", 5, 10)
+
+        rules.write_text(rules.read_text().replace("= 5_000_000", "= 3_000_000"))
+        feed.send(ltv(1, 20, 4_000_001))
+        wait_all_committed(kafka_admin, group, feed)
+        assert ranks(target_conn, schema)[1] == (4_000_001, "C", 10, 20)
+        process.wait_for_log(r"INFO stream_app\.app rank rules reloaded .*C>=3000000")
+
+        rules.write_text("[[rank]]\nclass = 'A'\n")  # an edit in progress
+        feed.send(ltv(1, 30, 4_000_002))
+        wait_all_committed(kafka_admin, group, feed)
+        assert ranks(target_conn, schema)[1] == (4_000_002, "C", 10, 30)
+        process.wait_for_log(r"WARNING .* keeping the last good rules")
+    finally:
+        assert process.stop() == 0

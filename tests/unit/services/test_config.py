@@ -40,9 +40,25 @@ def test_every_bad_setting_is_named_in_one_error(
 def test_summary_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REVETL_PG_PASSWORD", "s3cret-value")
     monkeypatch.setenv("REVETL_TARGET_PG_URL", "postgresql://u:hunter2@db/ltv")
+    monkeypatch.setenv("REVETL_CLICKHOUSE_URL", "http://default:ch-pass@ch:8123/")
 
     summary = load_settings().log_summary()
 
     assert "s3cret-value" not in summary
     assert "hunter2" not in summary
+    assert "ch-pass" not in summary
     assert "pg_password=***" in summary
+    assert "clickhouse_url=http://default:***@ch:8123/" in summary
+
+
+def test_monitor_defaults_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = load_settings()
+    monkeypatch.setenv("REVETL_WORKER_METRICS_PORT", "0")
+    metrics_off = load_settings()
+    monkeypatch.setenv("REVETL_MONITOR_INTERVAL_S", "0")
+
+    with pytest.raises(ConfigurationError, match="REVETL_MONITOR_INTERVAL_S"):
+        load_settings()
+    assert (defaults.monitor_port, defaults.worker_metrics_port) == (9108, 9109)
+    assert defaults.monitor_interval_s == 2.0
+    assert metrics_off.worker_metrics_port == 0
