@@ -7,8 +7,8 @@ REVETL := $(BIN)/revetl
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo up down status test test-unit test-integration lint fmt \
-	typecheck bench bench-latency bench-backfill clean
+.PHONY: help setup airflow demo up down status test test-unit test-integration lint fmt \
+	typecheck bench bench-latency bench-backfill bench-monitor clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet --progress-bar on -e '.[dev]'
 	@touch $(STAMP)
+
+AIRFLOW_STAMP := $(VENV)/.installed-airflow
+$(AIRFLOW_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --progress-bar on -e '.[dev,airflow]'
+	@touch $(AIRFLOW_STAMP)
+
+airflow: $(AIRFLOW_STAMP) ## add the optional Airflow 3 extra (DAGs in batch_ltv/dags) to the venv
 
 setup: $(STAMP) ## venv, Python deps, prerequisite checks, jars (idempotent, cached)
 	$(REVETL) setup
@@ -37,13 +44,13 @@ down: ## stop every process the stack started
 status: ## component table (same as `revetl status`)
 	$(REVETL) status
 
-test: setup ## unit and integration tests against the real stack (starts it if needed)
+test: setup $(AIRFLOW_STAMP) ## unit and integration tests against the real stack (starts it if needed)
 	$(BIN)/pytest tests
 
 test-unit: $(STAMP) ## unit tests only, no servers needed
 	$(BIN)/pytest tests/unit
 
-test-integration: setup ## integration tests only
+test-integration: setup $(AIRFLOW_STAMP) ## integration tests only
 	$(BIN)/pytest tests/integration -m integration
 
 lint: $(STAMP) ## ruff and mypy
@@ -65,6 +72,9 @@ RATE ?= 100
 DURATION ?= 30
 bench-latency: ## sale-to-product-DB latency at RATE sales/s for DURATION seconds (stack up)
 	$(BIN)/python bench/latency.py --rate $(RATE) --seconds $(DURATION)
+
+bench-monitor: ## the monitor's CPU and memory, idle and at RATE sales/s for DURATION s (stack up)
+	$(BIN)/python bench/monitor.py --rate $(RATE) --seconds $(DURATION)
 
 bench-backfill: ## backfill history (365 days) and target timings on the seeded stack (stack up)
 	$(BIN)/python bench/backfill.py

@@ -1,0 +1,1 @@
+"""The workflow files Airflow loads: seeding and backfills, triggered by hand."""
