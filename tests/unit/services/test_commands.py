@@ -35,7 +35,7 @@ def test_postgres_listens_on_loopback_only_and_stops_fast(stack: Stack) -> None:
     spec = stack.source_pg.spec()
 
     assert "listen_addresses=127.0.0.1" in spec.argv
-    assert spec.argv[spec.argv.index("-p") + 1] == "5433"
+    assert spec.argv[spec.argv.index("-p") + 1] == str(stack.settings.source_pg_port)
     assert spec.stop_signal is signal.SIGINT
     assert spec.marker in " ".join(spec.argv)
 

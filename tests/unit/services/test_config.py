@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from services.config import load_settings
+from services.config import ENV_PREFIX, load_settings
 from services.errors import ConfigurationError
 
 
+@pytest.fixture
+def no_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults as a fresh shell sees them, whatever this shell exported."""
+    for name in os.environ:
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("no_settings_env")
 def test_defaults_bind_loopback_and_use_the_documented_ports() -> None:
     settings = load_settings()
 
@@ -51,6 +62,7 @@ def test_summary_hides_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "clickhouse_url=http://default:***@ch:8123/" in summary
 
 
+@pytest.mark.usefixtures("no_settings_env")
 def test_monitor_defaults_and_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = load_settings()
     monkeypatch.setenv("REVETL_WORKER_METRICS_PORT", "0")
