@@ -343,6 +343,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         " s; each line is a rank change read back from the product DB "
         "(lag = source commit to product DB)"
     )
+    out.print(
+        f"watch the stages live at {stack.monitor.url}/ or with `revetl lag --watch`"
+    )
     after = demo.last_change_id(stack)
     changes = 0
 

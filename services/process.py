@@ -192,8 +192,23 @@ def stop(spec: ProcessSpec, timeout_s: float) -> bool:
             os.killpg(pid, signal.SIGKILL)
         if not wait_gone(pid, spec.marker, 10.0):
             raise FatalError(f"{spec.name} (pid {pid}) survived SIGKILL")
+    _wait_child(pid, spec.name, timeout_s)
     spec.pid_file.unlink(missing_ok=True)
     return True
+
+
+def _wait_child(pid: int, name: str, timeout_s: float) -> None:
+    # A process's command line reads empty while it is still exiting (a chDB
+    # server takes a moment), so wait_gone can return before it can be reaped.
+    # Wait for a child of ours here, or it lingers until this process exits.
+    child = _children.pop(pid, None)
+    if child is None:
+        return
+    try:
+        child.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        log.warning("name=%s pid=%d still exiting after %.0f s", name, pid, timeout_s)
+        _children[pid] = child
 
 
 def tail(path: Path, lines: int = 20) -> list[str]:
