@@ -6,6 +6,7 @@ import inspect
 import json
 import logging
 from datetime import date, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -40,8 +41,8 @@ TODAY = date(2026, 3, 15)
 PASSWORD = "p@ss:w/rd%"
 
 
-def pg(conn_id: str = SOURCE_CONN_ID, **fields: object) -> ConnectionInfo:
-    values: dict[str, object] = {
+def pg(conn_id: str = SOURCE_CONN_ID, **fields: Any) -> ConnectionInfo:
+    values: dict[str, Any] = {
         "conn_type": "postgres",
         "host": "db.internal",
         "port": 6543,
@@ -50,13 +51,13 @@ def pg(conn_id: str = SOURCE_CONN_ID, **fields: object) -> ConnectionInfo:
         "schema": "oltp_copy",
     }
     values.update(fields)
-    return ConnectionInfo(conn_id=conn_id, **values)  # type: ignore[arg-type]
+    return ConnectionInfo(conn_id=conn_id, **values)
 
 
-def http(**fields: object) -> ConnectionInfo:
-    values: dict[str, object] = {"conn_type": "http", "host": "ch.internal"}
+def http(**fields: Any) -> ConnectionInfo:
+    values: dict[str, Any] = {"conn_type": "http", "host": "ch.internal"}
     values.update(fields)
-    return ConnectionInfo(conn_id=CLICKHOUSE_CONN_ID, **values)  # type: ignore[arg-type]
+    return ConnectionInfo(conn_id=CLICKHOUSE_CONN_ID, **values)
 
 
 # Connections to URLs and Settings
