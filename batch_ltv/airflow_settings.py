@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
-from batch_ltv.backfill import HISTORY, MAX_DAYS, TARGET, DayRange
+from batch_ltv.backfill import HISTORY, TARGET, DayRange
 from batch_ltv.seed import SeedPlan
 from services.config import Settings, load_settings
 from services.errors import ConfigurationError, RevetlError
@@ -296,17 +296,11 @@ def _history_days(
         last = today
     if first is None:
         first = last - span
-    if first > last:
-        problems.append(f"from={first} is after to={last}: both days are included")
+    try:
+        return DayRange.checked(first, last, labels=("from=", "to="))
+    except ValueError as exc:
+        problems.append(str(exc))
         return None
-    days = (last - first).days + 1
-    if days > MAX_DAYS:
-        problems.append(
-            f"from={first} to={last} spans {days:,} days, more than the {MAX_DAYS:,} "
-            "one run takes: trigger several runs"
-        )
-        return None
-    return DayRange.checked(first, last)
 
 
 def _integer(values: Mapping[str, Any], name: str, problems: list[str]) -> int | None:

@@ -31,19 +31,30 @@ class DayRange:
     last: date
 
     @classmethod
-    def checked(cls, first: date, last: date, max_days: int = MAX_DAYS) -> DayRange:
-        """The range, or a ValueError naming the flags and what to change."""
+    def checked(
+        cls,
+        first: date,
+        last: date,
+        max_days: int = MAX_DAYS,
+        labels: tuple[str, str] = ("--from ", "--to "),
+    ) -> DayRange:
+        """The range, or a ValueError naming the bad values by `labels`.
+
+        The labels are how the caller's user typed the two days: CLI flags by
+        default, `("from=", "to=")` for DAG params.
+        """
+        start, end = f"{labels[0]}{first}", f"{labels[1]}{last}"
         if first > last:
             message = (
-                f"--from {first} is after --to {last}: give the first day, then the "
-                "last day (both included)"
+                f"{start} is after {end}: give the first day, then the last day "
+                "(both included)"
             )
             raise ValueError(message)
         days = (last - first).days + 1
         if days > max_days:
             message = (
-                f"--from {first} --to {last} spans {days:,} days, more than the "
-                f"{max_days:,} one run takes: split it into several runs"
+                f"{start} {end} spans {days:,} days, more than the {max_days:,} one "
+                "run takes: split it into several runs"
             )
             raise ValueError(message)
         return cls(first, last)
