@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import date
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,14 +27,13 @@ from batch_ltv.reconcile import Report
 from services import cli_backfill, jars, process
 from services.component import StartTimeout
 from services.config import Settings, load_settings
+from services.console import err, out
 from services.errors import RevetlError
 from services.health import Status
 from services.stack import Stack, StartResult, down, status
 from services.wiring import bring_up
 
 log = logging.getLogger("revetl")
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
 
 JAVA_PACKAGE = "openjdk-17-jre-headless"
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,11 +21,9 @@ from rich.table import Table
 
 from batch_ltv.backfill import BackfillRun, TargetBackfill, parse_day
 from services.config import Settings
+from services.console import err, out
 from services.errors import ConfigurationError
 from stream_app.ranks import RankRules, load_rules
-
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-err = Console(stderr=True, highlight=False)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
