@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import lz4.frame
 import zstandard
 
 from services.errors import ConfigurationError, FatalError, RevetlError
+from services.http_body import BadBody, read_chunked
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ KEEP_ALIVE_S = 30
 HEAD_SCAN_BYTES = 262_144
 """How far into a request the INSERT statement before its rows is looked for; the
 same as ClickHouse's default max_query_size."""
-MAX_HEADER_LINE = 65_536
 ZLIB_LEVEL = 3
 """ClickHouse's default http_zlib_compression_level, for gzip and deflate answers."""
 
@@ -246,34 +246,6 @@ def parse_multipart(content_type: str, body: bytes) -> list[tuple[str, str]]:
         if isinstance(name, str) and isinstance(payload, bytes):
             pairs.append((name, payload.decode("utf-8")))
     return pairs
-
-
-class ByteStream(Protocol):
-    """What read_chunked needs of a request's input stream."""
-
-    def read(self, size: int, /) -> bytes: ...
-
-    def readline(self, size: int, /) -> bytes: ...
-
-
-def read_chunked(stream: ByteStream) -> bytes:
-    """The body of a request sent with Transfer-Encoding: chunked."""
-    chunks = []
-    while True:
-        line = stream.readline(MAX_HEADER_LINE)
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError as exc:
-            raise QueryError(BAD_ARGUMENTS, f"Bad chunk size line {line!r}.") from exc
-        if size == 0:
-            break
-        chunk = stream.read(size)
-        if len(chunk) != size or stream.read(2) != b"\r\n":
-            raise QueryError(BAD_ARGUMENTS, "The chunked request body was cut short.")
-        chunks.append(chunk)
-    while stream.readline(MAX_HEADER_LINE) not in (b"\r\n", b"\n", b""):
-        pass  # trailers carry nothing we use
-    return b"".join(chunks)
 
 
 def _decompress_frames(data: bytes, new_decompressor: Any) -> bytes:
@@ -967,9 +939,9 @@ class ClickHouseHandler(BaseHTTPRequestHandler):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             try:
                 body = read_chunked(self.rfile)
-            except QueryError:
+            except BadBody as exc:
                 self.close_connection = True
-                raise
+                raise QueryError(BAD_ARGUMENTS, str(exc)) from exc
         else:
             length = self.headers.get("Content-Length") or "0"
             if not length.isdigit():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import zlib
 from collections.abc import Callable
@@ -39,7 +38,6 @@ from services.clickhouse_server import (
     parse_params,
     quote_identifier,
     quote_string,
-    read_chunked,
     request_text,
     scan_statement,
     setting_changes,
@@ -157,21 +155,6 @@ def test_request_text_joins_the_query_parameter_and_body_with_a_newline() -> Non
 
 
 # ---------------------------------------------------------------- bodies
-
-
-def test_chunked_body_is_reassembled_and_trailers_are_skipped() -> None:
-    raw = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT"
-    stream = io.BytesIO(raw)
-
-    assert read_chunked(stream) == b"hello world"
-    assert stream.read() == b"NEXT"
-
-
-def test_a_cut_chunked_body_is_an_error() -> None:
-    with pytest.raises(QueryError):
-        read_chunked(io.BytesIO(b"a\r\nshort"))
-    with pytest.raises(QueryError):
-        read_chunked(io.BytesIO(b"zz\r\n"))
 
 
 def test_lz4_body_of_several_frames_as_clickhouse_connect_sends_it() -> None:
