@@ -21,7 +21,8 @@ USER_LTV_TABLE = "revetl.user_ltv"
 SQL_DIR = Path(__file__).resolve().parent / "clickhouse"
 CORE_FILE = "pipeline.sql"
 KAFKA_SOURCE_FILE = "kafka_source.sql"
-KAFKA_SINK_FILE = "kafka_sink.sql"
+RELAY_SINK_FILE = "relay_sink.sql"
+RETIRED_FILE = "retired.sql"
 PLAIN_SINK_FILE = "plain_sink.sql"
 CURRENT_LTV_FILE = "current_ltv.sql"
 ODS_LTV_FILE = "ods_ltv.sql"
@@ -32,6 +33,10 @@ _BROKER_RE = re.compile(
     r"([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?):([0-9]{1,5})"
 )
 _PLACEHOLDER_RE = re.compile(r"\{\{([a-z_]+)\}\}")
+_RELAY_URL_RE = re.compile(
+    r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\])"
+    r":([0-9]{1,5})(/[A-Za-z0-9._~/-]*)?"
+)
 
 # One insert must stay one block (see pipeline.sql): below min_insert_block_size_rows.
 MAX_BLOCK_SIZE_LIMIT = 1_000_000
@@ -64,10 +69,11 @@ class PipelineParams:
     """Debezium topic of public.users."""
     sales_topic: str = "oltp.public.sales"
     """Debezium topic of public.sales."""
-    ltv_topic: str = "revetl.ltv"
-    """Topic the LTV changes are produced to."""
+    relay_url: str = "http://127.0.0.1:8124/ltv"
+    """Where ClickHouse POSTs each block of LTV changes: the LTV relay, which
+    produces them to the LTV topic. ClickHouse itself must be able to reach it."""
     consumer_group: str = "revetl-clickhouse"
-    """Consumer group of the source Kafka table; the sink uses `<group>-ltv-sink`."""
+    """Consumer group of the source Kafka table."""
     flush_interval_ms: int = 500
     """Longest wait before a partial block is processed, in ms. Lower means fresher
     LTVs and more, smaller blocks (each block costs a recompute); ClickHouse's
@@ -81,10 +87,6 @@ class PipelineParams:
     sales_by_id_index_granularity: int = 1024
     """Rows per granule of revetl.sales_by_id, read by sale id for every block."""
 
-    @property
-    def sink_group(self) -> str:
-        return f"{self.consumer_group}-ltv-sink"
-
 
 def validate_params(params: PipelineParams) -> None:
     """Raise one ConfigurationError that lists every bad setting."""
@@ -92,6 +94,7 @@ def validate_params(params: PipelineParams) -> None:
         *_topic_problems(params),
         *_name_problems("consumer_group", params.consumer_group),
         *_broker_problems(params.kafka_brokers),
+        *_relay_url_problems(params.relay_url),
     ]
     for setting, (low, high) in _INTEGER_LIMITS.items():
         problems.extend(_int_problems(setting, getattr(params, setting), low, high))
@@ -100,18 +103,14 @@ def validate_params(params: PipelineParams) -> None:
 
 
 def _topic_problems(params: PipelineParams) -> list[str]:
-    topics = {
-        "users_topic": params.users_topic,
-        "sales_topic": params.sales_topic,
-        "ltv_topic": params.ltv_topic,
-    }
+    topics = {"users_topic": params.users_topic, "sales_topic": params.sales_topic}
     problems = [
         p for name, value in topics.items() for p in _name_problems(name, value)
     ]
-    if len(set(topics.values())) < len(topics):
+    if params.users_topic == params.sales_topic:
         problems.append(
-            f"users_topic={params.users_topic!r}, sales_topic={params.sales_topic!r} "
-            f"and ltv_topic={params.ltv_topic!r} must be three different topics"
+            f"users_topic={params.users_topic!r} and sales_topic="
+            f"{params.sales_topic!r} must be two different topics"
         )
     return problems
 
@@ -140,6 +139,17 @@ def _broker_problems(value: object) -> list[str]:
     return []
 
 
+def _relay_url_problems(value: object) -> list[str]:
+    if isinstance(value, str):
+        match = _RELAY_URL_RE.fullmatch(value)
+        if match is not None and 1 <= int(match.group(2)) <= 65535:
+            return []
+    return [
+        f"relay_url={value!r} is not an http://host:port/path URL (path of "
+        "A-Z a-z 0-9 . _ ~ / -, no query)"
+    ]
+
+
 def _int_problems(setting: str, value: object, low: int, high: int) -> list[str]:
     if (
         isinstance(value, bool)
@@ -164,9 +174,8 @@ def _literals(params: PipelineParams) -> dict[str, str]:
         "source_topic_list": _string_literal(
             f"{params.users_topic},{params.sales_topic}"
         ),
-        "ltv_topic": _string_literal(params.ltv_topic),
+        "relay_url": _string_literal(params.relay_url),
         "consumer_group": _string_literal(params.consumer_group),
-        "sink_group": _string_literal(params.sink_group),
         "flush_interval_ms": str(int(params.flush_interval_ms)),
         "max_block_size": str(int(params.max_block_size)),
         "sales_index_granularity": str(int(params.sales_index_granularity)),
@@ -212,7 +221,7 @@ def split_statements(sql: str) -> list[str]:
 def pipeline_files(use_kafka: bool) -> list[str]:
     """The .sql files of the pipeline, in the order they are applied."""
     if use_kafka:
-        return [CORE_FILE, KAFKA_SINK_FILE, KAFKA_SOURCE_FILE]
+        return [RETIRED_FILE, CORE_FILE, RELAY_SINK_FILE, KAFKA_SOURCE_FILE]
     return [CORE_FILE, PLAIN_SINK_FILE]
 
 
@@ -236,17 +245,19 @@ def apply_pipeline(
 ) -> int:
     """Create whatever is missing of the pipeline; return the statement count.
 
-    Every statement is CREATE ... IF NOT EXISTS, so applying again changes nothing.
-    It also does not update an existing object: to change a Kafka setting, drop
-    revetl.cdc_kafka_mv and revetl.cdc_kafka (or the sink pair) and apply again.
+    Every statement is CREATE ... IF NOT EXISTS (or, in retired.sql, a DROP of
+    what earlier versions created), so applying again changes nothing. It also
+    does not update an existing object: to change a Kafka setting, drop
+    revetl.cdc_kafka_mv and revetl.cdc_kafka (or the relay sink pair) and apply
+    again.
     """
     statements = render_statements(params, use_kafka=use_kafka)
     log.info(
         "applying clickhouse pipeline statements=%d kafka=%s brokers=%s "
-        "users_topic=%s sales_topic=%s ltv_topic=%s consumer_group=%s "
+        "users_topic=%s sales_topic=%s relay_url=%s consumer_group=%s "
         "flush_interval_ms=%d max_block_size=%d",
         len(statements), use_kafka, params.kafka_brokers, params.users_topic,
-        params.sales_topic, params.ltv_topic, params.consumer_group,
+        params.sales_topic, params.relay_url, params.consumer_group,
         params.flush_interval_ms, params.max_block_size,
     )  # fmt: skip
     for statement in statements:

@@ -15,6 +15,7 @@ from services.health import Status
 from services.kafka import KafkaBroker
 from services.monitor import Monitor
 from services.postgres import PostgresCluster
+from services.relay import LtvRelay
 from services.worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class Stack:
     target_pg: PostgresCluster
     kafka: KafkaBroker
     clickhouse: ClickHouseServer
+    relay: LtvRelay
     connect: ConnectWorker
     worker: StreamWorker
     monitor: Monitor
@@ -41,6 +43,7 @@ class Stack:
             target_pg=PostgresCluster(settings, "target"),
             kafka=KafkaBroker(settings),
             clickhouse=ClickHouseServer(settings),
+            relay=LtvRelay(settings),
             connect=ConnectWorker(settings),
             worker=StreamWorker(settings),
             monitor=Monitor(settings),
@@ -51,10 +54,12 @@ class Stack:
 
         Between waves the pipeline is wired (services.wiring): storage before
         Connect captures changes, the connector before the worker consumes; the
-        monitor last, so its first collection sees the whole pipeline.
+        monitor last, so its first collection sees the whole pipeline. The relay
+        comes with ClickHouse, which sends it LTV changes as soon as the
+        pipeline exists.
         """
         return [
-            [self.source_pg, self.target_pg, self.kafka, self.clickhouse],
+            [self.source_pg, self.target_pg, self.kafka, self.clickhouse, self.relay],
             [self.connect],
             [self.worker, self.monitor],
         ]

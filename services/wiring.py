@@ -22,7 +22,7 @@ def pipeline_params(stack: Stack) -> PipelineParams:
         kafka_brokers=stack.kafka.bootstrap,
         users_topic=debezium.topic_for(debezium.USERS_TABLE),
         sales_topic=debezium.topic_for(debezium.SALES_TABLE),
-        ltv_topic=settings.ltv_topic,
+        relay_url=stack.relay.ltv_url,
         consumer_group=settings.clickhouse_consumer_group,
         flush_interval_ms=settings.clickhouse_flush_interval_ms,
     )

@@ -20,8 +20,9 @@
 --                                      sale's keys and versions
 --               -> ltv_changes (Null)  recomputed LTV of the touched users
 --                    -> user_ltv       ReplacingMergeTree, the last write wins
---                    -> sink           Kafka (kafka_sink.sql), or the table
---                                      ltv_changes_out in tests (plain_sink.sql)
+--                    -> sink           the LTV relay over HTTP (relay_sink.sql),
+--                                      or the table ltv_changes_out in tests
+--                                      (plain_sink.sql)
 --
 -- Why the LTV is exact
 -- * Nothing is added to or subtracted from a stored LTV. Each block recomputes

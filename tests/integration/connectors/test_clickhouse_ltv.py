@@ -821,6 +821,7 @@ def test_the_kafka_variant_is_accepted_by_chdb(session: Session) -> None:
         session.query("DROP DATABASE IF EXISTS revetl")
 
     assert engines["cdc_kafka"] == "Kafka"
-    assert engines["ltv_kafka_sink"] == "Kafka"
+    assert engines["ltv_relay_sink"] == "URL"
+    assert "ltv_kafka_sink" not in engines
     assert engines["cdc_kafka_mv"] == "MaterializedView"
     assert "ltv_changes_out" not in engines

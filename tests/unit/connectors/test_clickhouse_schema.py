@@ -29,14 +29,19 @@ def joined(statements: list[str]) -> str:
     return "\n;\n".join(statements)
 
 
+IDEMPOTENT = re.compile(
+    r"CREATE (DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS "
+    r"|DROP TABLE IF EXISTS revetl\.ltv_kafka_sink(_mv)?$"
+)
+
+
 def test_every_statement_is_idempotent_and_filled() -> None:
     for use_kafka in (True, False):
         statements = render_statements(DEFAULTS, use_kafka=use_kafka)
 
         for statement in statements:
-            assert re.match(
-                r"CREATE (DATABASE|TABLE|MATERIALIZED VIEW) IF NOT EXISTS ", statement
-            )
+            assert IDEMPOTENT.match(statement), statement
+            assert "SYNC" not in statement
             assert "{{" not in statement
             assert "}}" not in statement
             assert not statement.endswith(";")
@@ -50,18 +55,27 @@ def test_the_plain_variant_has_no_kafka_table() -> None:
     assert "revetl.cdc_kafka" not in sql
 
 
-def test_the_kafka_variant_has_source_and_sink_and_no_test_table() -> None:
+def test_the_kafka_variant_has_source_and_relay_sink_and_no_test_table() -> None:
     sql = joined(render_statements(DEFAULTS, use_kafka=True))
 
-    assert sql.count("ENGINE = Kafka") == 2
+    assert sql.count("ENGINE = Kafka") == 1
     assert "ltv_changes_out" not in sql
     assert "kafka_topic_list = 'oltp.public.users,oltp.public.sales'" in sql
-    assert "kafka_topic_list = 'revetl.ltv'" in sql
     assert "kafka_group_name = 'revetl-clickhouse'" in sql
-    assert "kafka_group_name = 'revetl-clickhouse-ltv-sink'" in sql
+    assert "ENGINE = URL('http://127.0.0.1:8124/ltv', 'JSONEachRow')" in sql
     assert "kafka_broker_list = '127.0.0.1:9092'" in sql
     assert "kafka_handle_error_mode = 'stream'" in sql
     assert "output_format_json_quote_64bit_integers = 0" in sql
+
+
+def test_the_retired_kafka_sink_is_dropped_before_anything_is_created() -> None:
+    statements = render_statements(DEFAULTS, use_kafka=True)
+
+    assert statements[:2] == [
+        "DROP TABLE IF EXISTS revetl.ltv_kafka_sink_mv",
+        "DROP TABLE IF EXISTS revetl.ltv_kafka_sink",
+    ]
+    assert not any("DROP" in s for s in render_statements(DEFAULTS, use_kafka=False))
 
 
 def test_the_kafka_source_is_created_last() -> None:
@@ -77,7 +91,7 @@ def test_values_are_rendered_as_quoted_literals_and_integers() -> None:
         kafka_brokers="k1.example.com:9092,10.0.0.7:19092",
         users_topic="cdc.users",
         sales_topic="cdc.sales",
-        ltv_topic="ltv_out",
+        relay_url="http://[::1]:18124/relay/ltv",
         consumer_group="grp_1",
         flush_interval_ms=250,
         max_block_size=1000,
@@ -89,6 +103,7 @@ def test_values_are_rendered_as_quoted_literals_and_integers() -> None:
     assert "kafka_broker_list = 'k1.example.com:9092,10.0.0.7:19092'" in sql
     assert "kafka_topic_list = 'cdc.users,cdc.sales'" in sql
     assert "topic = 'cdc.users', 'user', topic = 'cdc.sales', 'sale'" in sql
+    assert "ENGINE = URL('http://[::1]:18124/relay/ltv', 'JSONEachRow')" in sql
     assert "kafka_flush_interval_ms = 250," in sql
     assert "kafka_max_block_size = 1000," in sql
     assert "index_granularity = 256" in sql
@@ -96,7 +111,7 @@ def test_values_are_rendered_as_quoted_literals_and_integers() -> None:
 
 @pytest.mark.parametrize(
     "setting",
-    ["users_topic", "sales_topic", "ltv_topic", "consumer_group"],
+    ["users_topic", "sales_topic", "consumer_group"],
 )
 @pytest.mark.parametrize(
     "value",
@@ -134,19 +149,36 @@ def test_a_bad_number_is_refused(setting: str, value: object) -> None:
         validate_params(params(**{setting: value}))
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "127.0.0.1:8124/ltv",
+        "http://127.0.0.1/ltv",
+        "http://127.0.0.1:0/ltv",
+        "http://127.0.0.1:8124/ltv?x=1",
+        "http://127.0.0.1:8124/l'tv",
+        "ftp://127.0.0.1:8124/ltv",
+        "",
+    ],
+)
+def test_a_bad_relay_url_is_refused(value: str) -> None:
+    with pytest.raises(ConfigurationError, match="relay_url="):
+        validate_params(params(relay_url=value))
+
+
 def test_the_same_topic_twice_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="three different topics"):
+    with pytest.raises(ConfigurationError, match="two different topics"):
         validate_params(params(sales_topic=DEFAULTS.users_topic))
 
 
 def test_every_problem_is_listed_in_one_error() -> None:
-    bad = params(ltv_topic="a b", consumer_group="", flush_interval_ms=-1)
+    bad = params(users_topic="a b", consumer_group="", flush_interval_ms=-1)
 
     with pytest.raises(ConfigurationError) as caught:
         validate_params(bad)
 
     message = str(caught.value)
-    assert "ltv_topic='a b'" in message
+    assert "users_topic='a b'" in message
     assert "consumer_group=''" in message
     assert "flush_interval_ms=-1" in message
     assert message.endswith("fix these settings and apply again")
