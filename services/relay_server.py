@@ -152,7 +152,11 @@ class Relay:
         with self.lock:
             left = self.producer.flush(self.timeout_s)
         if left:
+            # Only blocks already answered 503 leave messages behind, and
+            # ClickHouse sends those again: dropping them loses nothing.
             log.warning("stopping with %d LTV messages not acknowledged", left)
+            self.producer.purge()
+            self.producer.flush(0)
 
 
 def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
