@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
-from faker import Faker
 
+from batch_ltv.seed import name_pool
 from services.stack import Stack
 
 DEMO_USER_BASE = 8_000_000_000
@@ -29,16 +29,20 @@ class RankChange:
 
 
 def ensure_users(stack: Stack, count: int, seed: int) -> dict[int, str]:
-    """Create the demo shoppers if they are missing; returns id -> name."""
-    fake = Faker("ru_RU")
-    fake.seed_instance(seed)
+    """Create the demo shoppers if they are missing; returns id -> name.
+
+    Names come from the seeding's pool, so a first name and a surname agree in
+    gender as they do in the seeded shop.
+    """
+    names = name_pool(seed, size=count)
     users = {}
     rows = []
     for i in range(count):
-        first, last = fake.first_name(), fake.last_name()
+        first, last = names.first[i], names.last[i]
         user_id = DEMO_USER_BASE + i
         users[user_id] = f"{first} {last}"
-        rows.append((user_id, first, last, fake.email()))
+        email = f"{names.login[i]}.{user_id}@{names.domain[i]}"
+        rows.append((user_id, first, last, email))
     with psycopg.connect(stack.source_pg.dsn()) as conn:
         conn.cursor().executemany(
             "INSERT INTO public.users (id, first_name, last_name, email) "
