@@ -15,7 +15,6 @@ import os
 import re
 import signal
 import socket
-import socketserver
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,7 +33,7 @@ import lz4.frame
 import zstandard
 
 from services.errors import ConfigurationError, FatalError, RevetlError
-from services.http_body import BadBody, read_chunked
+from services.http_server import BadBody, LocalHTTPServer, read_chunked
 
 log = logging.getLogger(__name__)
 
@@ -843,21 +842,13 @@ def error_reply(error: QueryError, engine_version: str) -> Reply:
 # ---------------------------------------------------------------- HTTP
 
 
-class ClickHouseHTTPServer(ThreadingHTTPServer):
+class ClickHouseHTTPServer(LocalHTTPServer):
     """A threaded HTTP server whose handlers share one ChdbSession."""
 
-    daemon_threads = True
     session: ChdbSession | None = None
     spool_dir: Path = Path(tempfile.gettempdir())
     display_name: str = socket.gethostname()
     requests_served = 0
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would resolve the host's FQDN, which can stall.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
 
 
 class ClickHouseHandler(BaseHTTPRequestHandler):

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from services.config import Settings, load_settings
+from services.errors import RevetlError
+
+log = logging.getLogger(__name__)
 
 
 def process_overrides(
@@ -32,3 +37,25 @@ def process_overrides(
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     return {} if args.state_dir is None else {"state_dir": args.state_dir}
+
+
+def run_server(
+    name: str,
+    description: str,
+    serve: Callable[[Settings], None],
+    argv: Sequence[str] | None,
+) -> int:
+    """Main of a stack server: flags, settings logged once, serve; the exit code.
+
+    A RevetlError (a bad setting, a port taken) is logged and exits 2.
+    """
+    prog = f"python -m services.{name}_server"
+    overrides = process_overrides(prog, description, argv)
+    try:
+        settings = load_settings(**overrides)
+        log.info("%s starting %s", name, settings.log_summary())
+        serve(settings)
+    except RevetlError as exc:
+        log.error("%s failed: %s", name, exc)
+        return 2
+    return 0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.request
 from importlib.metadata import version
 from typing import Any
 
@@ -13,11 +11,9 @@ from services import process
 from services.component import Component
 from services.config import REPO_ROOT
 from services.health import Probe, first_line
+from services.local_http import get_json
 
 PROBE_TIMEOUT_S = 2.0
-
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""Local endpoints only: never through a proxy from the environment."""
 
 
 class Monitor(Component):
@@ -53,8 +49,7 @@ class Monitor(Component):
 
     def get_json(self, path: str, timeout_s: float = PROBE_TIMEOUT_S) -> Any:
         """GET one of the monitor's JSON endpoints; raises OSError or ValueError."""
-        with _http.open(self.url + path, timeout=timeout_s) as resp:
-            return json.loads(resp.read())
+        return get_json(self.url + path, timeout_s)
 
     def probe(self) -> Probe:
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +28,7 @@ from connectors import debezium
 from services.config import INFRA_DIR
 from services.health import first_line
 from services.kafka import admin_client, watermarks
+from services.local_http import get_bytes
 from services.monitor_state import (
     SOURCES,
     ClickHouseConsumer,
@@ -96,9 +96,6 @@ STATEMENT_TIMEOUT_MS = 5000
 PEEK_GROUP = "revetl-monitor-peek"
 """librdkafka wants a group id even for a consumer that is only assigned
 partitions; this one never joins the group and never commits to it."""
-
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""Local endpoints only: never through a proxy from the environment."""
 
 
 def connect_group_id() -> str | None:
@@ -433,8 +430,7 @@ class Collector:
             raise ValueError("worker metrics are off (REVETL_WORKER_METRICS_PORT=0)")
         url = f"http://{self.stack.settings.bind_host}:{port}/metrics"
         try:
-            with _http.open(url, timeout=HTTP_TIMEOUT_S) as resp:
-                text = resp.read().decode()
+            text = get_bytes(url, HTTP_TIMEOUT_S).decode()
         except OSError as exc:
             raise ConnectionError(
                 f"worker metrics at {url} unreachable ({exc})"

@@ -23,9 +23,9 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from services.config import Settings, load_settings
-from services.entrypoint import process_overrides
-from services.errors import ConfigurationError, RevetlError
+from services.config import Settings
+from services.entrypoint import run_server
+from services.errors import ConfigurationError
 from services.monitor_collect import Collector
 from services.monitor_state import Snapshot, render_metrics, state_json
 from services.stack import Stack
@@ -196,20 +196,11 @@ def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides = process_overrides(
-        "python -m services.monitor_server",
+    description = (
         "Serve the pipeline's lag, freshness and health: /metrics, /api/state and "
-        "the live page. Settings come from REVETL_* variables.",
-        argv,
+        "the live page. Settings come from REVETL_* variables."
     )
-    try:
-        settings = load_settings(**overrides)
-        log.info("monitor starting %s", settings.log_summary())
-        serve(settings)
-    except RevetlError as exc:
-        log.error("monitor failed: %s", exc)
-        return 2
-    return 0
+    return run_server("monitor", description, serve, argv)
 
 
 if __name__ == "__main__":

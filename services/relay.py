@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import urllib.request
 from importlib.metadata import version
 
 from services import process
 from services.component import Component
 from services.config import REPO_ROOT
 from services.health import Probe, first_line
+from services.local_http import get_json
 
 PROBE_TIMEOUT_S = 2.0
-
-_http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-"""Local endpoints only: never through a proxy from the environment."""
 
 
 class LtvRelay(Component):
@@ -56,8 +52,7 @@ class LtvRelay(Component):
 
     def probe(self) -> Probe:
         try:
-            with _http.open(self.url + "/healthz", timeout=PROBE_TIMEOUT_S) as resp:
-                health = json.loads(resp.read())
+            health = get_json(self.url + "/healthz", PROBE_TIMEOUT_S)
         except (OSError, ValueError) as exc:
             return Probe(ok=False, detail=first_line(exc))
         detail = (

@@ -19,22 +19,21 @@ import json
 import logging
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import urlsplit
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from services.config import Settings, load_settings
-from services.entrypoint import process_overrides
-from services.errors import ConfigurationError, RetriableError, RevetlError
-from services.http_body import BadBody, read_chunked
+from services.config import Settings
+from services.entrypoint import run_server
+from services.errors import ConfigurationError, RetriableError
+from services.http_server import BadBody, LocalHTTPServer, read_chunked
 from services.kafka import KafkaBroker
 
 log = logging.getLogger(__name__)
@@ -170,6 +169,7 @@ def producer_config(settings: Settings, bootstrap: str) -> dict[str, Any]:
         "linger.ms": 1,
         "message.timeout.ms": timeout_ms,
         "socket.nagle.disable": True,
+        "logger": log,  # librdkafka's own lines into this log, not raw stderr
     }
 
 
@@ -178,19 +178,10 @@ def messages_of(body: bytes) -> list[bytes]:
     return [line for line in body.split(b"\n") if line.strip()]
 
 
-class RelayHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class RelayHTTPServer(LocalHTTPServer):
     def __init__(self, address: tuple[str, int], relay: Relay) -> None:
         self.relay = relay
         super().__init__(address, RelayHandler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would resolve the host's FQDN, which can stall.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
 
 
 class RelayHandler(BaseHTTPRequestHandler):
@@ -286,20 +277,11 @@ def serve(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    overrides = process_overrides(
-        "python -m services.relay_server",
+    description = (
         "Put the LTV changes ClickHouse POSTs onto the LTV topic. Settings come "
-        "from REVETL_* variables.",
-        argv,
+        "from REVETL_* variables."
     )
-    try:
-        settings = load_settings(**overrides)
-        log.info("relay starting %s", settings.log_summary())
-        serve(settings)
-    except RevetlError as exc:
-        log.error("relay failed: %s", exc)
-        return 2
-    return 0
+    return run_server("relay", description, serve, argv)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
-"""The chunked request bodies our HTTP servers read."""
+"""What our HTTP servers share: the chunked request bodies they read."""
 
 import io
 
 import pytest
 
-from services.http_body import BadBody, read_chunked
+from services.http_server import BadBody, read_chunked
 
 
 def test_chunked_body_is_reassembled_and_trailers_are_skipped() -> None:

@@ -1,13 +1,28 @@
-"""Request bodies of our small HTTP servers: the chunked transfer coding."""
+"""What our small HTTP servers share: a quick bind and chunked request bodies."""
 
 from __future__ import annotations
 
+import socketserver
+from http.server import ThreadingHTTPServer
 from typing import Protocol
 
 from services.errors import RevetlError
 
 MAX_LINE = 65_536
 """Longest chunk-size or trailer line accepted, in bytes."""
+
+
+class LocalHTTPServer(ThreadingHTTPServer):
+    """A threaded HTTP server that binds without resolving the host's name."""
+
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind would resolve the host's FQDN, which can stall.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
 
 
 class BadBody(RevetlError):
