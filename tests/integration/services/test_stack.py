@@ -53,8 +53,8 @@ def test_every_component_is_healthy(stack: Stack) -> None:
     rows = status(stack)
 
     assert [r.name for r in rows] == [
-        "source-pg", "target-pg", "kafka", "clickhouse", "connect", "worker",
-        "monitor",
+        "source-pg", "target-pg", "kafka", "clickhouse", "relay", "connect",
+        "worker", "monitor",
     ]  # fmt: skip
     unhealthy = [(r.name, r.state.value, r.detail) for r in rows if not r.healthy]
     assert unhealthy == []

@@ -14,6 +14,7 @@ from services.errors import ConfigurationError
 from services.jars import jar_version
 from services.kafka import java_argv
 from services.stack import Stack
+from services.wiring import pipeline_params
 
 
 @pytest.fixture
@@ -50,6 +51,15 @@ def test_every_component_has_its_own_pid_and_log_in_the_state_dir(
     for spec in specs:
         assert spec.pid_file.is_relative_to(tmp_path / "state")
         assert spec.marker in " ".join(spec.argv)
+
+
+def test_clickhouse_posts_to_the_relay_which_starts_with_it(stack: Stack) -> None:
+    storage = stack.waves()[0]
+    host, port = stack.settings.bind_host, stack.settings.relay_port
+
+    assert stack.clickhouse in storage and stack.relay in storage
+    assert pipeline_params(stack).relay_url == f"http://{host}:{port}/ltv"
+    assert stack.relay.spec().argv[1:3] == ["-m", "services.relay_server"]
 
 
 def test_external_url_means_we_start_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
