@@ -60,7 +60,7 @@ class DeliveryError(RetriableError):
 
 @dataclass
 class RelayCounters:
-    """What /healthz reports; changed only under Relay.lock."""
+    """What /healthz reports; read and changed only under Relay.counters_lock."""
 
     requests: int = 0
     messages: int = 0
@@ -71,31 +71,42 @@ class RelayCounters:
 
 
 class Relay:
-    """One producer; one request at a time, so the topic keeps the blocks' order."""
+    """One producer; one request at a time, so the topic keeps the blocks' order.
 
-    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+    The counters have a lock of their own, so /healthz answers at once even while
+    a block waits for a broker that is down.
+    """
+
+    def __init__(self, settings: Settings) -> None:
         self.topic = settings.ltv_topic
         self.bootstrap = KafkaBroker(settings).bootstrap
         self.timeout_s = settings.relay_delivery_timeout_s
         self.config = producer_config(settings, self.bootstrap)
-        self.producer = producer or Producer(self.config)
+        self.producer = Producer(self.config)
         self.lock = threading.Lock()
         self.counters = RelayCounters()
+        self.counters_lock = threading.Lock()
 
     def forward(self, body: bytes) -> int:
         """Produce each line of body and wait for Kafka; the message count."""
         lines = messages_of(body)
         with self.lock:
-            self.counters.requests += 1
             try:
                 self._deliver(lines)
             except DeliveryError as exc:
-                self.counters.failures += 1
-                self.counters.last_error = str(exc)
-                self.counters.last_error_time = time.time()
+                self._count(0, str(exc))
                 raise
-            self.counters.messages += len(lines)
+            self._count(len(lines), "")
         return len(lines)
+
+    def _count(self, messages: int, error: str) -> None:
+        with self.counters_lock:
+            c = self.counters
+            c.requests += 1
+            c.messages += messages
+            if error:
+                c.failures += 1
+                c.last_error, c.last_error_time = error, time.time()
 
     def _deliver(self, lines: list[bytes]) -> None:
         errors: list[KafkaError] = []
@@ -133,7 +144,7 @@ class Relay:
         raise DeliveryError(message)
 
     def health(self) -> dict[str, Any]:
-        with self.lock:
+        with self.counters_lock:
             c = self.counters
             return {
                 "time": time.time(),

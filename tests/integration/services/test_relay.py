@@ -130,21 +130,34 @@ def test_kafka_out_of_reach_answers_503_with_the_reason() -> None:
     settings = load_settings(
         kafka_bootstrap="127.0.0.1:1",
         ltv_topic="test.relay.unreachable",
-        relay_delivery_timeout_s=1.0,
+        relay_delivery_timeout_s=3.0,
     )
     running = RunningRelay(settings)
+    answers: list[tuple[int, str]] = []
+    post = threading.Thread(
+        target=lambda: answers.append(running.post(b'{"user_id":1}\n{"user_id":2}\n'))
+    )
     try:
-        status, text = running.post(b'{"user_id":1}\n{"user_id":2}\n')
-        health = running.health()
+        post.start()
+        deadline = time.monotonic() + READ_TIMEOUT_S
+        while time.monotonic() < deadline and running.relay.lock.acquire(False):
+            running.relay.lock.release()  # not yet taken by the post
+            time.sleep(0.01)
+        during = running.health()
+        still_waiting = post.is_alive()
+        post.join(timeout=60)
+        after = running.health()
     finally:
         running.close()
 
+    assert still_waiting and during["requests"] == 0  # /healthz did not wait
+    [(status, text)] = answers
     assert status == 503
     assert "not acknowledged by Kafka 127.0.0.1:1" in text
     assert "ClickHouse will send the block again" in text
-    assert health["failures"] == 1
-    assert health["messages"] == 0
-    assert "127.0.0.1:1" in str(health["last_error"])
+    assert after["failures"] == 1
+    assert after["messages"] == 0
+    assert "127.0.0.1:1" in str(after["last_error"])
 
 
 @pytest.fixture
