@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -37,6 +38,17 @@ _RELAY_URL_RE = re.compile(
     r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[[0-9A-Fa-f:]+\])"
     r":([0-9]{1,5})(/[A-Za-z0-9._~/-]*)?"
 )
+
+# Tables whose engine clause holds settings (brokers, topics, flush interval, the
+# relay's URL), with the view that feeds or drains them. CREATE ... IF NOT EXISTS
+# would keep an old clause, so a changed one means dropping both and creating
+# them again; the consumer group, and so its committed offsets, stay.
+ENGINE_TABLES = {
+    "cdc_kafka": "cdc_kafka_mv",
+    "ltv_relay_sink": "ltv_relay_sink_mv",
+}
+_CREATE_TABLE_RE = re.compile(r"CREATE TABLE IF NOT EXISTS revetl\.(\w+)\s*\(")
+_ENGINE_RE = re.compile(r"\)\s*ENGINE\s*=\s*(.+)\Z", re.DOTALL)
 
 # One insert must stay one block (see pipeline.sql): below min_insert_block_size_rows.
 MAX_BLOCK_SIZE_LIMIT = 1_000_000
@@ -246,12 +258,14 @@ def apply_pipeline(
     """Create whatever is missing of the pipeline; return the statement count.
 
     Every statement is CREATE ... IF NOT EXISTS (or, in retired.sql, a DROP of
-    what earlier versions created), so applying again changes nothing. It also
-    does not update an existing object: to change a Kafka setting, drop
-    revetl.cdc_kafka_mv and revetl.cdc_kafka (or the relay sink pair) and apply
-    again.
+    what earlier versions created), so applying again changes nothing. The one
+    update it makes: a Kafka source or relay sink whose engine clause differs
+    from the settings (another flush interval, broker or relay URL) is dropped
+    with its view and created again.
     """
     statements = render_statements(params, use_kafka=use_kafka)
+    if use_kafka:
+        _drop_changed_engine_tables(client, statements)
     log.info(
         "applying clickhouse pipeline statements=%d kafka=%s brokers=%s "
         "users_topic=%s sales_topic=%s relay_url=%s consumer_group=%s "
@@ -265,6 +279,54 @@ def apply_pipeline(
         client.command(statement)
     log.info("clickhouse pipeline ready statements=%d", len(statements))
     return len(statements)
+
+
+def engine_clauses(statements: list[str]) -> dict[str, str]:
+    """Table name -> engine clause, whitespace folded, of the ENGINE_TABLES."""
+    clauses = {}
+    for statement in statements:
+        created = _CREATE_TABLE_RE.match(statement)
+        engine = _ENGINE_RE.search(statement)
+        if created and engine and created.group(1) in ENGINE_TABLES:
+            clauses[created.group(1)] = _fold(engine.group(1))
+    return clauses
+
+
+def changed_engines(wanted: dict[str, str], existing: dict[str, str]) -> list[str]:
+    """The tables that exist with another engine clause than wanted."""
+    return [
+        name
+        for name, clause in wanted.items()
+        if name in existing and _fold(existing[name]) != clause
+    ]
+
+
+def _fold(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _existing_engines(client: CommandClient) -> dict[str, str]:
+    names = ", ".join(_string_literal(n) for n in ENGINE_TABLES)
+    answer = client.command(
+        f"SELECT name, engine_full FROM system.tables WHERE database = "
+        f"'{DATABASE}' AND name IN ({names}) FORMAT JSONEachRow"
+    )
+    rows = [json.loads(line) for line in str(answer or "").splitlines() if line]
+    return {row["name"]: row["engine_full"] for row in rows}
+
+
+def _drop_changed_engine_tables(client: CommandClient, statements: list[str]) -> None:
+    wanted = engine_clauses(statements)
+    existing = _existing_engines(client)
+    for name in changed_engines(wanted, existing):
+        new = set(wanted[name].split(", ")) - set(_fold(existing[name]).split(", "))
+        log.info(
+            "recreating revetl.%s with its view, changed: %s",
+            name, "; ".join(sorted(new)),
+        )  # fmt: skip
+        # No SYNC: on chDB 3.7.2 it never returns once a Kafka table has consumed.
+        client.command(f"DROP TABLE IF EXISTS {DATABASE}.{ENGINE_TABLES[name]}")
+        client.command(f"DROP TABLE IF EXISTS {DATABASE}.{name}")
 
 
 def current_ltv_query() -> str:

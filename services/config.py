@@ -101,8 +101,8 @@ class Settings(BaseSettings):
         "partial block. Lower means fresher ranks and more, smaller blocks at low "
         "rates (each block recomputes its users' LTV, ~0.17 s for one event); "
         "under load a block takes whatever waits, so this matters little there. "
-        "ClickHouse's own default is 7,500. Applied when revetl.cdc_kafka is "
-        "created.",
+        "ClickHouse's own default is 7,500. `revetl up` recreates revetl.cdc_kafka "
+        "when it changes.",
     )
     clickhouse_consumer_group: str = Field(
         default="revetl-clickhouse",

@@ -8,8 +8,11 @@ import re
 import pytest
 
 from connectors.clickhouse_schema import (
+    ENGINE_TABLES,
     PipelineParams,
+    changed_engines,
     current_ltv_query,
+    engine_clauses,
     ods_ltv_query,
     pipeline_files,
     render_statements,
@@ -211,3 +214,30 @@ def test_the_ods_query_reads_current_sales() -> None:
 
     assert "FROM revetl.sales FINAL" in query
     assert "--" not in query
+
+
+def test_the_engine_clauses_are_the_kafka_source_and_the_relay_sink() -> None:
+    clauses = engine_clauses(render_statements(DEFAULTS, use_kafka=True))
+
+    assert set(clauses) == set(ENGINE_TABLES)
+    assert clauses["cdc_kafka"].startswith("Kafka SETTINGS kafka_broker_list = ")
+    assert "kafka_flush_interval_ms = 500," in clauses["cdc_kafka"]
+    assert clauses["ltv_relay_sink"] == (
+        "URL('http://127.0.0.1:8124/ltv', 'JSONEachRow') "
+        "SETTINGS output_format_json_quote_64bit_integers = 0"
+    )
+
+
+def test_only_an_existing_table_with_another_clause_is_changed() -> None:
+    wanted = engine_clauses(render_statements(DEFAULTS, use_kafka=True))
+    moved = engine_clauses(
+        render_statements(params(relay_url="http://127.0.0.1:9999/ltv"))
+    )
+    # system.tables.engine_full has the clause on one line
+    as_stored = {name: " ".join(clause.split()) for name, clause in wanted.items()}
+
+    assert changed_engines(wanted, as_stored) == []
+    assert changed_engines(wanted, {}) == []
+    assert changed_engines(moved, as_stored) == ["ltv_relay_sink"]
+    slower = engine_clauses(render_statements(params(flush_interval_ms=75)))
+    assert changed_engines(slower, as_stored) == ["cdc_kafka"]
