@@ -81,7 +81,7 @@
 --   the user in that block: a redelivered old event gives a message with the
 --   current LTV and an older source_lsn, and all snapshot reads share one lsn, so
 --   the messages of a user during the snapshot carry the same source_lsn while
---   the LTV grows block by block. The Kafka sink sets no message key.
+--   the LTV grows block by block. The relay sets no message key.
 -- * A deleted user's sales are not cascaded (the source has no foreign key): the
 --   user is emitted with user_deleted = 1 and the LTV of its remaining live
 --   sales; deletes of those sales, if the source makes them, arrive as their own
